@@ -1,0 +1,1 @@
+"""Sub-commands of the `frameprompt` CLI; see `frameprompt.cli`."""
