@@ -47,5 +47,5 @@ fi
 
 EXTRAS=${FRAMEPROMPT_EXTRAS:-test}
 echo "setup: installing frameprompt[$EXTRAS]"
-"$PY" -m pip install -q -e ".[$EXTRAS]" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+"$PY" -m pip install -q -e ".[$EXTRAS]"
 "$PY" -c "import frameprompt, torch; print(f'setup: ready (torch {torch.__version__}, cuda={torch.cuda.is_available()})')"

@@ -1,0 +1,229 @@
+"""The job store: one folder per job under the jobs directory, every file written atomically.
+
+    <jobs-dir>/<job_id>/job.json         the request (parameters, pose format, names); never changes
+                        state.json       {"state", "created", "updated", "error", "num_frames", "meta"}
+                        inputs/reference.png
+                        inputs/pose/<name>               one per frame (PNG or OpenPose JSON)
+                        outputs/0000.png ...             only once the job is done
+
+A job folder is assembled as `.tmp-<job_id>` and renamed into place, so it either exists whole or not at
+all; `outputs/` is written as `outputs.tmp/` and renamed before state.json says "done"; state.json is
+replaced (write temp + fsync + os.replace). After a crash, `recover()` turns queued/running jobs into
+"interrupted" and removes leftovers, so nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from frameprompt_blender.core.protocol import TERMINAL_STATES, SubmitRequest, check_job_id, check_name
+
+log = logging.getLogger("frameprompt.server")
+
+
+def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a partial one."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    state: str
+    request: dict[str, Any]
+    status: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class JobStore:
+    """Jobs on disk. Thread-safe: the I/O loop creates jobs and reads them, workers update state/outputs."""
+
+    def __init__(self, root: str | Path, *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._cache: dict[str, JobRecord] = {}
+
+    # -- paths
+    def job_dir(self, job_id: str) -> Path:
+        return self.root / check_job_id(job_id)
+
+    def inputs_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "inputs"
+
+    def outputs_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "outputs"
+
+    # -- create / read
+    def create(self, submit: SubmitRequest, job_id: str | None = None) -> JobRecord:
+        """Write a new job (inputs, request, state 'queued') atomically and return its record."""
+        job_id = check_job_id(job_id or uuid.uuid4().hex)
+        tmp = self.root / f".tmp-{job_id}"
+        (tmp / "inputs" / "pose").mkdir(parents=True)
+        try:
+            (tmp / "inputs" / "reference.png").write_bytes(submit.reference)
+            for name, data in zip(submit.pose_names, submit.poses, strict=True):
+                (tmp / "inputs" / "pose" / check_name(name)).write_bytes(data)
+            request = {
+                "job_id": job_id,
+                "pose_format": submit.pose_format,
+                "pose_names": submit.pose_names,
+                "params": submit.params.to_dict(),
+            }
+            now = time.time()
+            status = {"state": "queued", "created": now, "updated": now, "num_frames": submit.num_frames}
+            atomic_write(tmp / "job.json", json.dumps(request).encode(), fsync=self.fsync)
+            atomic_write(tmp / "state.json", json.dumps(status).encode(), fsync=self.fsync)
+            os.replace(tmp, self.job_dir(job_id))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self.fsync:
+            _fsync_dir(self.root)
+        rec = JobRecord(job_id, "queued", request, status)
+        with self._lock:
+            self._cache[job_id] = rec
+        return rec
+
+    def get(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None if there is no such job."""
+        with self._lock:
+            rec = self._cache.get(job_id)
+        if rec is not None:
+            return rec
+        d = self.job_dir(job_id)
+        try:
+            request = json.loads((d / "job.json").read_text())
+            status = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        rec = JobRecord(job_id, str(status.get("state")), request, status)
+        with self._lock:
+            self._cache[job_id] = rec
+        return rec
+
+    def set_state(self, job_id: str, state: str, **fields: Any) -> JobRecord:
+        """Replace state.json (atomically) with `state` and extra `fields`; returns the new record."""
+        rec = self.get(job_id)
+        if rec is None:
+            raise KeyError(job_id)
+        status = {**rec.status, **fields, "state": state, "updated": time.time()}
+        atomic_write(self.job_dir(job_id) / "state.json", json.dumps(status).encode(), fsync=self.fsync)
+        new = JobRecord(job_id, state, rec.request, status)
+        with self._lock:
+            self._cache[job_id] = new
+        return new
+
+    def write_outputs(self, job_id: str, frames_png: Sequence[bytes]) -> None:
+        """Write the output frames as outputs/0000.png ... (all or nothing)."""
+        d = self.job_dir(job_id)
+        tmp = d / "outputs.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for i, data in enumerate(frames_png):
+            with open(tmp / f"{i:04d}.png", "wb") as f:
+                f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        shutil.rmtree(d / "outputs", ignore_errors=True)
+        os.replace(tmp, d / "outputs")
+        if self.fsync:
+            _fsync_dir(d)
+
+    def read_outputs(self, job_id: str) -> list[bytes]:
+        d = self.outputs_dir(job_id)
+        return [p.read_bytes() for p in sorted(d.glob("[0-9]*.png"))]
+
+    def read_inputs(self, job_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """(reference PNG bytes, [(pose name, pose bytes), ...]) in frame order."""
+        rec = self.get(job_id)
+        if rec is None:
+            raise KeyError(job_id)
+        d = self.inputs_dir(job_id)
+        names = [check_name(n) for n in rec.request.get("pose_names", [])]
+        return (d / "reference.png").read_bytes(), [(n, (d / "pose" / n).read_bytes()) for n in names]
+
+    def job_ids(self) -> list[str]:
+        out = []
+        for p in self.root.iterdir():
+            if p.is_dir() and not p.name.startswith("."):
+                with contextlib.suppress(Exception):
+                    out.append(check_job_id(p.name))
+        return out
+
+    # -- restart
+    def recover(self, keep_days: float | None = None) -> list[str]:
+        """After a (re)start: drop half-written folders, mark queued/running jobs 'interrupted', prune old
+        finished jobs. Returns the ids of the jobs it marked interrupted."""
+        interrupted = []
+        now = time.time()
+        for p in list(self.root.iterdir()):
+            if p.name.startswith(".tmp-"):
+                shutil.rmtree(p, ignore_errors=True)
+        for job_id in self.job_ids():
+            rec = self.get(job_id)
+            d = self.job_dir(job_id)
+            if rec is None:
+                log.warning("job %s has no readable job.json/state.json; removing it", job_id)
+                shutil.rmtree(d, ignore_errors=True)
+                continue
+            shutil.rmtree(d / "outputs.tmp", ignore_errors=True)
+            if not rec.terminal:
+                self.set_state(
+                    job_id,
+                    "interrupted",
+                    error={"code": "interrupted", "message": "the server stopped before this job finished"},
+                )
+                interrupted.append(job_id)
+            elif keep_days is not None and now - float(rec.status.get("updated", now)) > keep_days * 86400:
+                shutil.rmtree(d, ignore_errors=True)
+                with self._lock:
+                    self._cache.pop(job_id, None)
+        return interrupted
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        with self._lock:
+            for j in job_ids:
+                self._cache.pop(j, None)
