@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from frameprompt import method
 from frameprompt.errors import InputError, LayoutError
 from frameprompt.pipeline import TEXT_TOKENS, FramePromptPipeline, GenerationCancelled
@@ -116,5 +115,7 @@ def test_save_and_load_round_trip_gives_the_same_output(pipe, tiny_model_dir):
     fresh = tiny_pipeline()
     fresh.set_progress_bar_config(disable=True)
     # Loaded weights sit in other memory layouts, so float sums may differ in the last bit.
-    np.testing.assert_allclose(_run(loaded, output_type="np").frames, _run(fresh, output_type="np").frames, atol=1e-5)
+    np.testing.assert_allclose(
+        _run(loaded, output_type="np").frames, _run(fresh, output_type="np").frames, atol=1e-5
+    )
     assert torch.equal(loaded.null_prompt_embeds, fresh.null_prompt_embeds)

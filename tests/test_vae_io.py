@@ -2,7 +2,6 @@
 
 import torch
 from diffusers import AutoencoderKLWan
-
 from frameprompt import method
 from frameprompt.method import SequenceLayout
 from frameprompt.testing import TINY_VAE
@@ -30,7 +29,11 @@ def test_normalisation_round_trips_with_the_vae_statistics():
 
 def test_encoding_reference_and_skeleton_equals_the_prefix_of_the_whole_sequence():
     vae, layout = _vae(), SequenceLayout(8, 32, 32)
-    ref, pose, target = torch.rand(1, 3, 1, 32, 32) * 2 - 1, torch.rand(1, 3, 8, 32, 32) * 2 - 1, torch.rand(1, 3, 8, 32, 32)
+    ref, pose, target = (
+        torch.rand(1, 3, 1, 32, 32) * 2 - 1,
+        torch.rand(1, 3, 8, 32, 32) * 2 - 1,
+        torch.rand(1, 3, 8, 32, 32),
+    )
     context = encode_video(vae, method.context_pixels(ref, pose))
     whole = encode_video(vae, torch.cat([ref, pose, target], dim=2))
     assert context.shape[2] == layout.context_latent_frames and whole.shape[2] == layout.latent_frames

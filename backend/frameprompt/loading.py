@@ -24,7 +24,7 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import CorruptWeightsError, IncompatibleModelError, ModelNotFoundError
+from .errors import CorruptWeightsError, FramePromptError, IncompatibleModelError, ModelNotFoundError
 from .pipeline import FramePromptPipeline, default_scheduler
 
 DOWNLOAD_HINT = (
@@ -82,6 +82,8 @@ def load_pipeline(
     dtype = dtype or default_dtype(device)
     try:
         pipe = _load_any_layout(path, dtype, load_text_encoder)
+    except FramePromptError:
+        raise
     except (SafetensorError, EOFError) as error:
         raise CorruptWeightsError(
             f"a weights file under {path} is damaged or truncated ({error})",
@@ -107,7 +109,9 @@ def _load_any_layout(path: Path, dtype: torch.dtype, load_text_encoder: bool) ->
         class_name = json.loads(index.read_text()).get("_class_name")
         if class_name == "FramePromptPipeline":
             _check_safetensors_under(path)
-            return FramePromptPipeline.from_pretrained(path, torch_dtype=dtype)
+            return FramePromptPipeline.from_pretrained(
+                path, dtype={"transformer": dtype, "text_encoder": dtype, "default": torch.float32}
+            )
         return _load_diffusers_wan(path, dtype, load_text_encoder)
     if (path / "config.json").is_file() and list(path.glob("diffusion_pytorch_model*.safetensors")):
         return _load_original_wan(path, dtype)
@@ -145,19 +149,19 @@ def _load_diffusers_wan(path: Path, dtype: torch.dtype, load_text_encoder: bool)
     _require(path / "transformer", "the transformer/ subfolder")
     _require(path / "vae", "the vae/ subfolder")
     _check_safetensors_under(path)
-    transformer = WanTransformer3DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
-    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+    transformer = WanTransformer3DModel.from_pretrained(path, subfolder="transformer", dtype=dtype)
+    vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", dtype=torch.float32)
     parts: dict = {"transformer": transformer, "vae": vae, "scheduler": _scheduler(path)}
     if (path / "image_encoder").is_dir():
         from transformers import CLIPImageProcessor, CLIPVisionModel
 
-        parts["image_encoder"] = CLIPVisionModel.from_pretrained(path / "image_encoder", torch_dtype=torch.float32)
+        parts["image_encoder"] = CLIPVisionModel.from_pretrained(path / "image_encoder", dtype=torch.float32)
         parts["image_processor"] = CLIPImageProcessor.from_pretrained(path / "image_processor")
     if load_text_encoder and (path / "text_encoder").is_dir() and (path / "tokenizer").is_dir():
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         parts["tokenizer"] = AutoTokenizer.from_pretrained(path / "tokenizer")
-        parts["text_encoder"] = UMT5EncoderModel.from_pretrained(path / "text_encoder", torch_dtype=dtype)
+        parts["text_encoder"] = UMT5EncoderModel.from_pretrained(path / "text_encoder", dtype=dtype)
     return FramePromptPipeline(**parts)
 
 
@@ -166,7 +170,11 @@ def _scheduler(path: Path):
         from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
         config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-        cls = FlowMatchEulerDiscreteScheduler if "FlowMatch" in config.get("_class_name", "") else UniPCMultistepScheduler
+        cls = (
+            FlowMatchEulerDiscreteScheduler
+            if "FlowMatch" in config.get("_class_name", "")
+            else UniPCMultistepScheduler
+        )
         return cls.from_pretrained(path, subfolder="scheduler")
     return default_scheduler()
 
@@ -180,7 +188,9 @@ def original_wan_config(config: dict, state_dict: dict) -> dict:
     """
     dim, heads = int(config["dim"]), int(config["num_heads"])
     patch = state_dict["patch_embedding.weight"].shape[2:]
-    image_dim = state_dict["img_emb.proj.0.weight"].shape[0] if "img_emb.proj.0.weight" in state_dict else None
+    image_dim = (
+        state_dict["img_emb.proj.0.weight"].shape[0] if "img_emb.proj.0.weight" in state_dict else None
+    )
     return dict(
         patch_size=tuple(int(p) for p in patch),
         num_attention_heads=heads,
@@ -207,20 +217,24 @@ def _load_original_wan(path: Path, dtype: torch.dtype) -> FramePromptPipeline:
         state.update(load_file(str(shard)))
     diffusers_config = original_wan_config(config, state)
     transformer = WanTransformer3DModel(**diffusers_config)
-    missing, unexpected = transformer.load_state_dict(convert_wan_transformer_to_diffusers(state), strict=False)
+    missing, unexpected = transformer.load_state_dict(
+        convert_wan_transformer_to_diffusers(state), strict=False
+    )
     if missing or unexpected:
         raise IncompatibleModelError(
             f"{path} does not match a Wan2.1 transformer: {len(missing)} missing and {len(unexpected)} "
             f"unexpected weights (e.g. {(missing + unexpected)[:3]})",
             "use an original-format Wan2.1 I2V/Fun-InP checkpoint, or the diffusers layout",
         )
-    transformer.to(dtype)
+    _cast_keeping_fp32_modules(transformer, dtype)
     if (path / "vae").is_dir():
-        vae = AutoencoderKLWan.from_pretrained(path, subfolder="vae", torch_dtype=torch.float32)
+        vae = AutoencoderKLWan.from_pretrained(path / "vae", dtype=torch.float32)
     else:
         vae_file = _require(path / "Wan2.1_VAE.pth", "the Wan2.1 VAE weights, Wan2.1_VAE.pth")
         vae = AutoencoderKLWan()
-        vae.load_state_dict(convert_wan_vae_to_diffusers(torch.load(vae_file, map_location="cpu", weights_only=True)))
+        vae.load_state_dict(
+            convert_wan_vae_to_diffusers(torch.load(vae_file, map_location="cpu", weights_only=True))
+        )
     parts: dict = {"transformer": transformer, "vae": vae, "scheduler": default_scheduler()}
     if (path / "image_encoder").is_dir():
         from transformers import CLIPImageProcessor, CLIPVisionModel
@@ -228,6 +242,15 @@ def _load_original_wan(path: Path, dtype: torch.dtype) -> FramePromptPipeline:
         parts["image_encoder"] = CLIPVisionModel.from_pretrained(path / "image_encoder")
         parts["image_processor"] = CLIPImageProcessor.from_pretrained(path / "image_processor")
     return FramePromptPipeline(**parts)
+
+
+def _cast_keeping_fp32_modules(model: WanTransformer3DModel, dtype: torch.dtype) -> None:
+    """What `from_pretrained(dtype=...)` does: cast, but keep the modules Wan needs in float32."""
+    model.to(dtype)
+    keep = set(model._keep_in_fp32_modules or ())
+    for name, param in model.named_parameters():
+        if keep.intersection(name.split(".")):
+            param.data = param.data.float()
 
 
 def check_transformer_layout(transformer: WanTransformer3DModel, vae: AutoencoderKLWan, path: Path) -> None:

@@ -162,7 +162,9 @@ def latent_zero_condition(context_latents: torch.Tensor, layout: SequenceLayout)
     return torch.cat([context_latents, zeros], dim=2)
 
 
-def sample_sigmas(batch_size: int, shift: float = 3.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_sigmas(
+    batch_size: int, shift: float = 3.0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Flow-matching noise levels: u ~ U(0, 1), shifted towards noise as Wan's schedulers do.
 
     sigma = shift * u / (1 + (shift - 1) * u). Returns (B,) in (0, 1).
@@ -172,7 +174,11 @@ def sample_sigmas(batch_size: int, shift: float = 3.0, generator: torch.Generato
 
 
 def noise_target(
-    x0: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, layout: SequenceLayout, mode: LossMode = "target"
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    layout: SequenceLayout,
+    mode: LossMode = "target",
 ) -> torch.Tensor:
     """Selective noise: x_t = (1 - sigma) x0 + sigma eps on the target latents; context stays clean.
 
@@ -215,7 +221,11 @@ def timestep_for(
 
 
 def frameprompt_loss(
-    prediction: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, layout: SequenceLayout, mode: LossMode = "target"
+    prediction: torch.Tensor,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    layout: SequenceLayout,
+    mode: LossMode = "target",
 ) -> torch.Tensor:
     """MSE on the flow velocity v = eps - x0.
 

@@ -1,8 +1,8 @@
 """`FramePromptPipeline`: pose-driven character animation with an unmodified Wan2.1 I2V transformer.
 
-    prepare:  reference + skeleton frames -> VAE -> clean context latents, condition latents, mask
-    loop:     denoise the target latents only; the clean context is re-inserted at every step
-    decode:   context + target together, keep the N target frames
+prepare:  reference + skeleton frames -> VAE -> clean context latents, condition latents, mask
+loop:     denoise the target latents only; the clean context is re-inserted at every step
+decode:   context + target together, keep the N target frames
 """
 
 from __future__ import annotations
@@ -111,7 +111,10 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
     # --- persistence: the null text embedding travels with the pipeline --------------------------
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         super().save_pretrained(save_directory, **kwargs)
-        save_file({"null_prompt_embeds": self.null_prompt_embeds.contiguous()}, str(Path(save_directory) / NULL_EMBEDDING_FILE))
+        save_file(
+            {"null_prompt_embeds": self.null_prompt_embeds.contiguous()},
+            str(Path(save_directory) / NULL_EMBEDDING_FILE),
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, **kwargs) -> FramePromptPipeline:
@@ -146,7 +149,9 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             if given is not None:
                 return _pad_text(given)
             if text and self.text_encoder is not None and self.tokenizer is not None:
-                return self._get_t5_prompt_embeds(text, max_sequence_length=TEXT_TOKENS, device=device, dtype=dtype)
+                return self._get_t5_prompt_embeds(
+                    text, max_sequence_length=TEXT_TOKENS, device=device, dtype=dtype
+                )
             if text:
                 raise InputError(
                     "a text prompt was given but this model has no text encoder",
@@ -228,7 +233,10 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         mask = method.build_context_mask(layout, 1, device, dtype)
         h, w = layout.latent_size
         latents = randn_tensor(
-            (1, self.vae.config.z_dim, layout.target_latent_frames, h, w), generator=generator, device=device, dtype=dtype
+            (1, self.vae.config.z_dim, layout.target_latent_frames, h, w),
+            generator=generator,
+            device=device,
+            dtype=dtype,
         )
 
         # 3. denoise the target latents only
@@ -261,7 +269,9 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             return (frames,)
         return FramePromptPipelineOutput(frames=frames)
 
-    def _predict(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, clip: torch.Tensor | None):
+    def _predict(
+        self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, clip: torch.Tensor | None
+    ):
         return self.transformer(
             hidden_states=x,
             timestep=timestep,
@@ -288,7 +298,9 @@ def _pad_text(embeds: torch.Tensor) -> torch.Tensor:
     if embeds.ndim == 2:
         embeds = embeds[None]
     if embeds.shape[1] > TEXT_TOKENS:
-        raise InputError(f"text embeddings have {embeds.shape[1]} tokens, more than {TEXT_TOKENS}", "truncate the prompt")
+        raise InputError(
+            f"text embeddings have {embeds.shape[1]} tokens, more than {TEXT_TOKENS}", "truncate the prompt"
+        )
     return torch.nn.functional.pad(embeds, (0, 0, 0, TEXT_TOKENS - embeds.shape[1]))
 
 

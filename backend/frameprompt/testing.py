@@ -36,7 +36,9 @@ TINY_TRANSFORMER = dict(
 # With a CLIP image branch: added_kv_proj_dim must equal heads * head_dim.
 TINY_TRANSFORMER_CLIP = {**TINY_TRANSFORMER, "image_dim": 16, "added_kv_proj_dim": 24}
 # Keeps Wan2.1's 4x temporal / 8x spatial compression, about 14k parameters.
-TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+TINY_VAE = dict(
+    base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+)
 
 
 def tiny_components(seed: int = 0, clip: bool = False) -> dict:
@@ -84,9 +86,13 @@ def tiny_wan_i2v_dir(path: str | Path, seed: int = 0) -> Path:
     return path
 
 
-def demo_inputs(num_frames: int = 4, size: int = 32, seed: int = 0) -> tuple[PIL.Image.Image, list[PIL.Image.Image]]:
+def demo_inputs(
+    num_frames: int = 4, size: int = 32, seed: int = 0
+) -> tuple[PIL.Image.Image, list[PIL.Image.Image]]:
     """A random reference image and `num_frames` random skeleton-like frames of size x size."""
     rng = np.random.default_rng(seed)
     reference = PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    poses = [PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(num_frames)]
+    poses = [
+        PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(num_frames)
+    ]
     return reference, poses

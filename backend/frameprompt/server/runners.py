@@ -1,0 +1,159 @@
+"""Runners: what a worker calls to turn a JobSpec into frames.
+
+- `PipelineRunner`: the FramePromptPipeline, loaded once per device (torch is imported here only).
+- `EchoRunner`: no model; returns the skeletons blended with the reference after a few fake steps. It
+  lets the Blender add-on, the CLI and the protocol tests exercise the whole server without a GPU.
+- `resolve_runner_factory("pipeline" | "echo" | "module:callable", ...)` turns `--runner` into a factory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from frameprompt.errors import FramePromptError
+
+from .worker import JobCancelled, JobSpec, RunContext, Runner, RunnerFactory
+
+log = logging.getLogger("frameprompt.server")
+
+DEFAULT_STEPS = 50
+
+
+class PipelineRunner:
+    """The real model on one device. LoRAs are attached on first use and switched per job."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike | None,
+        device: str,
+        *,
+        dtype: Any = None,
+        default_steps: int = DEFAULT_STEPS,
+        default_guidance: float | None = None,
+    ) -> None:
+        from frameprompt.loading import load_pipeline
+
+        self.model_path = model_path
+        self.device = device
+        self.default_steps = default_steps
+        self.default_guidance = default_guidance
+        self.pipe = load_pipeline(model_path, device=device, dtype=dtype)
+        self._adapters: dict[str, str] = {}  # lora path -> adapter name
+        self._active: str | None = None
+
+    def capabilities(self) -> dict[str, Any]:
+        name = Path(self.model_path).name if self.model_path else "embedded-default"
+        return {
+            "model": name,
+            "default_steps": self.default_steps,
+            "frame_multiple": 4,
+            "resolution_multiple": 16,
+        }
+
+    def _use_lora(self, path: str | None, scale: float, ctx: RunContext) -> None:
+        if path is None:
+            if self._active is not None:
+                self.pipe.disable_lora()
+                self._active = None
+            return
+        if path not in self._adapters:
+            from frameprompt.loading import load_lora
+
+            ctx.progress("loading", message=f"loading LoRA {Path(path).name}")
+            self._adapters[path] = load_lora(self.pipe, path, scale=scale)
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([self._adapters[path]], [scale])
+        self._active = path
+
+    def __call__(self, job: JobSpec, ctx: RunContext) -> Sequence[Any]:
+        import torch
+
+        p = job.params
+        self._use_lora(job.lora_path, p.lora_scale if p.lora_scale is not None else 1.0, ctx)
+        steps = p.steps or self.default_steps
+        generator = torch.Generator(device="cpu").manual_seed(int(p.seed or 0))
+
+        def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+            if ctx.cancelled:
+                pipe._interrupt = True
+                return kwargs
+            ctx.progress("denoising", i + 1, steps)
+            if i + 1 == steps:
+                ctx.progress("decoding")
+            return kwargs
+
+        call: dict[str, Any] = dict(
+            reference_image=job.reference,
+            pose_frames=job.poses,
+            prompt=p.prompt,
+            num_inference_steps=steps,
+            generator=generator,
+            callback_on_step_end=on_step_end,
+            output_type="pil",
+        )
+        if p.width and p.height:
+            call.update(width=p.width, height=p.height)
+        guidance = p.guidance_scale if p.guidance_scale is not None else self.default_guidance
+        if guidance is not None:
+            call["guidance_scale"] = guidance
+        ctx.progress("denoising", 0, steps)
+        try:
+            out = self.pipe(**call)
+        except FramePromptError as exc:
+            if exc.code == "cancelled" or ctx.cancelled:
+                raise JobCancelled(job.job_id) from None
+            raise
+        return out.frames[0]
+
+
+class EchoRunner:
+    """A stand-in model: `steps` fake denoising steps of `step_delay` seconds, then each skeleton blended
+    50/50 with the reference. Deterministic; needs only Pillow."""
+
+    def __init__(self, device: str = "cpu", *, step_delay: float = 0.0, steps: int = 4) -> None:
+        self.device = device
+        self.step_delay = float(step_delay)
+        self.steps = int(steps)
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"model": "echo (no model: skeletons blended with the reference)", "default_steps": self.steps}
+
+    def __call__(self, job: JobSpec, ctx: RunContext) -> list[Any]:
+        from PIL import Image
+
+        steps = job.params.steps or self.steps
+        for i in range(steps):
+            ctx.check_cancelled()
+            if self.step_delay:
+                time.sleep(self.step_delay)
+            ctx.progress("denoising", i + 1, steps)
+        size = (job.params.width or job.reference.width, job.params.height or job.reference.height)
+        ref = job.reference.resize(size)
+        return [Image.blend(ref, pose.resize(size), 0.5) for pose in job.poses]
+
+
+def resolve_runner_factory(spec: str, model_path: str | None = None, **options: Any) -> RunnerFactory:
+    """`--runner` to a factory `device -> runner`: 'pipeline' (default), 'echo', or 'package.module:callable'
+    (called as callable(device, **options))."""
+    if spec == "pipeline":
+
+        def make_pipeline(device: str) -> Runner:
+            return PipelineRunner(model_path, device, **options)
+
+        return make_pipeline
+    if spec == "echo":
+        return lambda device: EchoRunner(device, **options)
+    module_name, colon, attr = spec.partition(":")
+    if not colon or not module_name or not attr:
+        raise FramePromptError(f"--runner {spec!r} is not 'pipeline', 'echo' or 'module:callable'")
+    try:
+        target: Callable[..., Runner] = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise FramePromptError(f"cannot load runner {spec!r}: {exc}", "check the module path") from None
+    return lambda device: target(device, **options)

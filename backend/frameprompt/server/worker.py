@@ -1,0 +1,380 @@
+"""Model workers: one thread per device, each with its own runner (the model, loaded once), fed job ids
+from the shared bounded FIFO. A worker never touches the client-facing socket: it reports to the I/O loop
+over its own inproc PUSH socket, as [kind, job_id, *protocol frames].
+
+The work itself is injected: a `RunnerFactory` is called once per worker with the device name and returns
+a `Runner`, called once per job with a `JobSpec` and a `RunContext`. The real one wraps the
+FramePromptPipeline (`frameprompt.server.runners.PipelineRunner`); tests use tiny fakes.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import zmq
+from frameprompt.errors import FramePromptError
+
+from frameprompt_blender.core import protocol as P
+
+from .jobqueue import JobQueue
+from .store import JobStore
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+log = logging.getLogger("frameprompt.server")
+
+OOM_HINT = (
+    "the GPU ran out of memory: animate fewer frames per job, lower the resolution, "
+    "or enable VAE tiling; the server has freed the memory and keeps serving"
+)
+
+
+class JobCancelled(Exception):
+    """Raised inside a runner (through RunContext.check_cancelled) when the client cancelled the job."""
+
+
+@dataclass
+class JobSpec:
+    """What a runner gets: decoded images and validated parameters (the seed is always set)."""
+
+    job_id: str
+    reference: Image.Image
+    poses: list[Image.Image]
+    params: P.JobParams
+    device: str
+    lora_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.poses)
+
+
+class Runner(Protocol):
+    def __call__(self, job: JobSpec, ctx: RunContext) -> Sequence[Image.Image]: ...
+
+
+RunnerFactory = Callable[[str], Runner]
+
+
+class RunContext:
+    """Handed to a runner with each job: report progress, and poll for cancellation at every step."""
+
+    def __init__(
+        self, job_id: str, device: str, cancel: threading.Event, emit: Callable[[list[bytes]], None]
+    ):
+        self.job_id = job_id
+        self.device = device
+        self._cancel = cancel
+        self._emit = emit
+        self._phase = ""
+        self._phase_start = time.monotonic()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def check_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise JobCancelled(self.job_id)
+
+    def progress(self, phase: str, step: int = 0, total: int = 0, message: str = "") -> None:
+        """Report `step` of `total` in `phase`; an ETA is estimated from this phase's pace so far."""
+        now = time.monotonic()
+        if phase != self._phase:
+            self._phase, self._phase_start = phase, now
+        eta = None
+        if total > 0 and 0 < step <= total:
+            eta = (now - self._phase_start) / step * (total - step)
+        self._emit(P.build_progress(self.job_id, phase, step, total, eta_s=eta, message=message))
+
+
+class JobControl:
+    """Cancel flags of live jobs, shared by the I/O loop (sets them) and the workers (read them)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._flags: dict[str, threading.Event] = {}
+
+    def flag(self, job_id: str) -> threading.Event:
+        with self._lock:
+            return self._flags.setdefault(job_id, threading.Event())
+
+    def cancel(self, job_id: str) -> None:
+        self.flag(job_id).set()
+
+    def discard(self, job_id: str) -> None:
+        with self._lock:
+            self._flags.pop(job_id, None)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    classes = [
+        getattr(torch, "OutOfMemoryError", None),
+        getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None),
+    ]
+    return any(c is not None and isinstance(exc, c) for c in classes)
+
+
+def free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+
+
+def decode_png(data: bytes, limits: P.Limits, what: str) -> Image.Image:
+    """Decode a PNG with the decompression-bomb guard: header checks first, then Pillow with a pixel cap."""
+    from PIL import Image
+
+    P.check_png(data, limits, what)
+    try:
+        im = Image.open(io.BytesIO(data))
+        if im.format != "PNG":
+            raise P.ProtocolError("bad_image", f"{what} is not a PNG file")
+        if im.width * im.height > limits.max_pixels:
+            raise P.ProtocolError("image_too_large", f"{what} has more than {limits.max_pixels} pixels")
+        im.load()
+    except P.ProtocolError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise P.ProtocolError("image_too_large", f"{what}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is the sender's bad image
+        raise P.ProtocolError("bad_image", f"{what} could not be decoded: {str(exc)[:200]}") from None
+    return im.convert("RGB")
+
+
+def pose_json_to_image(data: bytes, width: int, height: int, limits: P.Limits, what: str) -> Image.Image:
+    """Draw one OpenPose JSON frame as a skeleton image (the shared drawing code of frameprompt_blender)."""
+    from PIL import Image
+
+    doc = P.check_pose_json(data, limits, what)
+    try:
+        from frameprompt_blender.core.openpose_draw import draw_pose
+        from frameprompt_blender.core.openpose_json import pose_from_openpose_dict
+    except ImportError as exc:  # the drawing module is part of the project; this is a broken install
+        raise FramePromptError(f"OpenPose drawing is unavailable: {exc}", "reinstall frameprompt") from None
+    try:
+        pose = pose_from_openpose_dict(doc)
+        array = draw_pose(pose, width, height)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise P.ProtocolError("bad_pose", f"{what}: {str(exc)[:200]}") from None
+    return Image.fromarray(array).convert("RGB")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+class Worker(threading.Thread):
+    """One device: loads its runner once, then runs queued jobs one at a time until stopped."""
+
+    def __init__(
+        self,
+        index: int,
+        device: str,
+        factory: RunnerFactory,
+        queue: JobQueue,
+        store: JobStore,
+        control: JobControl,
+        context: zmq.Context,
+        events_address: str,
+        limits: P.Limits,
+        lora_paths: Callable[[], dict[str, str]],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"frameprompt-worker-{index}-{device}", daemon=True)
+        self.device = device
+        self.factory = factory
+        self.queue = queue
+        self.store = store
+        self.control = control
+        self.context = context
+        self.events_address = events_address
+        self.limits = limits
+        self.lora_paths = lora_paths
+        self.stop_event = stop
+        self.ready = threading.Event()
+        self.load_error: BaseException | None = None
+        self.runner: Runner | None = None
+        self.current: str | None = None
+        self._sock: zmq.Socket | None = None
+        self._lock = threading.Lock()
+
+    # -- reporting to the I/O loop
+    def _send(self, kind: bytes, job_id: str, frames: Sequence[bytes] = ()) -> None:
+        with self._lock:
+            assert self._sock is not None
+            self._sock.send_multipart([kind, job_id.encode(), *frames], copy=len(frames) < 4)
+
+    def run(self) -> None:
+        self._sock = self.context.socket(zmq.PUSH)
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.connect(self.events_address)
+        try:
+            try:
+                self.runner = self.factory(self.device)
+            except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails to start
+                self.load_error = exc
+                log.error("worker %s: could not load the model: %s", self.device, exc)
+                return
+            finally:
+                self.ready.set()
+            log.info("worker %s ready", self.device)
+            while not self.stop_event.is_set():
+                job_id = self.queue.get(timeout=0.25)
+                if job_id is None:
+                    continue
+                self.current = job_id
+                try:
+                    self._run_job(job_id)
+                finally:
+                    self.current = None
+                    self.control.discard(job_id)
+        finally:
+            close = getattr(self.runner, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    log.exception("worker %s: runner.close() failed", self.device)
+            with self._lock:
+                self._sock.close()
+
+    def _fail(self, job_id: str, state: str, code: str, message: str, hint: str | None = None) -> None:
+        err = P.ProtocolError(code, message, hint)
+        try:
+            self.store.set_state(job_id, state, error=err.fields())
+        except Exception:  # noqa: BLE001 - a full disk must not kill the worker
+            log.exception("job %s: could not record state %s", job_id, state)
+        self._send(b"final", job_id, P.error_frames(err.code, err.message, err.hint, job_id=job_id))
+
+    def _run_job(self, job_id: str) -> None:
+        cancel = self.control.flag(job_id)
+        ctx = RunContext(job_id, self.device, cancel, lambda frames: self._send(b"progress", job_id, frames))
+        started = time.monotonic()
+        try:
+            ctx.check_cancelled()
+            self.store.set_state(job_id, "running", device=self.device, started=time.time())
+            self._send(b"started", job_id)
+            ctx.progress("preparing")
+            spec = self._load_spec(job_id)
+            ctx.check_cancelled()
+            t0 = time.monotonic()
+            assert self.runner is not None
+            images = list(self.runner(spec, ctx))
+            model_s = time.monotonic() - t0
+            ctx.check_cancelled()
+            if len(images) != spec.num_frames:
+                raise FramePromptError(
+                    f"the model returned {len(images)} frames for {spec.num_frames} poses",
+                    "check the server log",
+                )
+            ctx.progress("saving", 0, len(images))
+            frames = [encode_png(im) for im in images]
+            meta = {
+                "seed": spec.params.seed,
+                "num_frames": len(frames),
+                "width": images[0].width if images else 0,
+                "height": images[0].height if images else 0,
+                "steps": spec.params.steps,
+                "device": self.device,
+                "model_s": round(model_s, 4),
+                "total_s": round(time.monotonic() - started, 4),
+            }
+            self.store.write_outputs(job_id, frames)
+            self.store.set_state(job_id, "done", meta=meta, error=None)
+            self._send(b"final", job_id, P.build_result(job_id, frames, meta))
+            log.info(
+                "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
+            )
+        except JobCancelled:
+            log.info("job %s cancelled", job_id)
+            self._fail(job_id, "cancelled", "cancelled", "the job was cancelled")
+        except P.ProtocolError as exc:
+            log.info("job %s rejected: %s", job_id, exc.message)
+            self._fail(job_id, "failed", exc.code, exc.message, exc.hint)
+        except FramePromptError as exc:
+            log.warning("job %s failed: %s", job_id, exc.message)
+            self._fail(job_id, "failed", exc.code, exc.message, exc.hint or None)
+        except BaseException as exc:  # noqa: BLE001 - the worker must survive anything a job does
+            if is_out_of_memory(exc):
+                log.warning("job %s: out of memory on %s: %s", job_id, self.device, str(exc)[:200])
+                del exc
+                free_memory()
+                recover = getattr(self.runner, "recover", None)
+                if callable(recover):
+                    try:
+                        recover()
+                    except Exception:  # noqa: BLE001
+                        log.exception("runner.recover() failed")
+                self._fail(job_id, "failed", "out_of_memory", f"out of memory on {self.device}", OOM_HINT)
+            elif isinstance(exc, KeyboardInterrupt | SystemExit):
+                raise
+            else:
+                log.error("job %s crashed:\n%s", job_id, "".join(traceback.format_exception(exc)))
+                self._fail(
+                    job_id,
+                    "failed",
+                    "internal_error",
+                    f"the job crashed: {type(exc).__name__}: {str(exc)[:300]}",
+                )
+
+    def _load_spec(self, job_id: str) -> JobSpec:
+        rec = self.store.get(job_id)
+        assert rec is not None
+        params = P.parse_params(rec.request.get("params"), self.limits)
+        if params.seed is None:
+            params.seed = secrets.randbits(62)
+        reference_png, poses = self.store.read_inputs(job_id)
+        reference = decode_png(reference_png, self.limits, "reference image")
+        width = params.width or reference.width
+        height = params.height or reference.height
+        images = []
+        for name, data in poses:
+            if rec.request.get("pose_format") == "openpose_json":
+                images.append(pose_json_to_image(data, width, height, self.limits, f"pose {name}"))
+            else:
+                images.append(decode_png(data, self.limits, f"pose {name}"))
+        lora_path = None
+        if params.lora:
+            lora_path = self.lora_paths().get(params.lora)
+            if lora_path is None:
+                raise P.ProtocolError("unknown_lora", f"the server has no LoRA named {params.lora!r}")
+        return JobSpec(job_id, reference, images, params, self.device, lora_path)
+
+
+def describe(runner: Any) -> dict[str, Any]:
+    """The runner's capabilities for hello (model name, window, resolutions), if it offers them."""
+    caps = getattr(runner, "capabilities", None)
+    if callable(caps):
+        try:
+            out = caps()
+            json.dumps(out)
+            return dict(out)
+        except Exception:  # noqa: BLE001
+            log.exception("runner.capabilities() failed")
+    return {}
