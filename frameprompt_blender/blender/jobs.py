@@ -1,0 +1,436 @@
+"""One animation job at a time: submit, progress, cancel, result -> frames on disk -> Sequencer strip.
+
+The protocol client (``core.client.FramePromptClient``) owns its ZeroMQ socket in a background thread
+and puts events on a ``queue.Queue``. In the UI a ``bpy.app.timers`` function drains that queue on the
+main thread (the only thread allowed to touch ``bpy``), updates :class:`JobState` and tags the
+regions for redraw. In background mode (``blender -b``, the bpy module) timers never fire, so
+:meth:`JobManager.run_blocking` drains the same queue in a loop and prints progress to stdout.
+"""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from .export import ExportResult, FramePromptUserError, JobSpec
+
+TICK_S = 0.1
+
+# states
+IDLE, SUBMITTING, QUEUED, RUNNING, CANCELLING = "idle", "submitting", "queued", "running", "cancelling"
+DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
+ACTIVE_STATES = frozenset({SUBMITTING, QUEUED, RUNNING, CANCELLING})
+
+
+class JobFailed(Exception):
+    """The backend or the transport failed a job; ``code`` is the protocol error code."""
+
+    def __init__(self, code: str, message: str, hint: str = "") -> None:
+        self.code, self.message, self.hint = code, message, hint
+        super().__init__(message + (f" Fix: {hint}" if hint else ""))
+
+
+@dataclass
+class JobState:
+    """What the panel shows about the current (or last) job."""
+
+    state: str = IDLE
+    job_id: str = ""
+    phase: str = ""
+    step: int = 0
+    total: int = 0
+    eta_s: float | None = None
+    message: str = ""
+    error_code: str = ""
+    job_dir: str = ""
+    scene: str = ""
+    frame_start: int = 1
+    num_frames: int = 0
+    strip: str = ""
+    frames: list[str] = field(default_factory=list)
+    started: float = 0.0
+    last_event: float = 0.0
+    keep_inputs: bool = True
+    timeout_s: float = 1800.0
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def factor(self) -> float:
+        return min(1.0, self.step / self.total) if self.total else 0.0
+
+    def eta_text(self) -> str:
+        eta = self.eta_s
+        if eta is None and self.total and self.step:
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.step * (self.total - self.step)
+        if eta is None:
+            return ""
+        m, s = divmod(int(round(eta)), 60)
+        return f"ETA {m}:{s:02d}"
+
+    def progress_text(self) -> str:
+        parts = [self.phase or self.state]
+        if self.total:
+            parts.append(f"{self.step}/{self.total}")
+        eta = self.eta_text()
+        if eta and self.state == RUNNING:
+            parts.append(eta)
+        return "  ".join(parts)
+
+
+def check_online_access(address: str) -> None:
+    """Refuse a non-loopback backend address while Blender's online access is off."""
+    from ..core.protocol import is_loopback_address
+
+    try:
+        loopback = is_loopback_address(address)
+    except ValueError as exc:
+        raise FramePromptUserError(f"Backend address: {exc}") from None
+    if not loopback and not bpy.app.online_access:
+        raise FramePromptUserError(
+            f"Backend {address} is on another machine but online access is off: enable "
+            "Preferences > System > Network > Allow Online Access, or run the backend on this machine "
+            "(tcp://127.0.0.1:5555)"
+        )
+
+
+def _curve_keys(settings: Any) -> Any:
+    if not (settings.server_public_key or settings.client_secret_key):
+        return None
+    from ..core.client import load_curve_keys  # engineer B's helper
+
+    return load_curve_keys(
+        server_public=bpy.path.abspath(settings.server_public_key),
+        client_secret=bpy.path.abspath(settings.client_secret_key),
+    )
+
+
+def _tag_redraw() -> None:
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is None:
+        return
+    for window in wm.windows:
+        for area in window.screen.areas:
+            if area.type in {"VIEW_3D", "SEQUENCE_EDITOR", "PREFERENCES"}:
+                area.tag_redraw()
+
+
+class JobManager:
+    """Holds the client and the state of the current job. One per Blender session (:data:`MANAGER`)."""
+
+    def __init__(self) -> None:
+        self.client: Any = None
+        self._client_key: tuple | None = None
+        self.job = JobState()
+        self.backend: dict[str, Any] = {}
+        self.backend_error: str = ""
+        self._timer_registered = False
+        self._cancel_requested = False
+        self.log_to_stdout = bool(bpy.app.background)
+
+    # ------------------------------------------------------------------ client
+    def client_for(self, settings: Any) -> Any:
+        check_online_access(settings.server_address)
+        key = (settings.server_address, settings.server_public_key, settings.client_secret_key)
+        if self.client is not None and self._client_key == key:
+            return self.client
+        self.close_client()
+        from ..core.client import FramePromptClient
+
+        self.client = FramePromptClient(
+            settings.server_address, curve_keys=_curve_keys(settings), timeout=settings.connect_timeout
+        )
+        self._client_key = key
+        return self.client
+
+    def close_client(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            finally:
+                self.client = None
+                self._client_key = None
+
+    def test_connection(self, settings: Any) -> dict[str, Any]:
+        """Blocking hello (bounded by the connect timeout). Fills :attr:`backend`."""
+        try:
+            client = self.client_for(settings)
+            info = client.hello()
+        except FramePromptUserError as exc:
+            self.backend, self.backend_error = {}, str(exc)
+            raise
+        except Exception as exc:
+            self.backend = {}
+            self.backend_error = _describe(exc, settings.server_address)
+            self.close_client()
+            raise JobFailed(getattr(exc, "code", "server_unavailable"), self.backend_error) from None
+        self.backend = dict(info) if isinstance(info, dict) else dict(getattr(info, "header", {}) or {})
+        self.backend_error = ""
+        loras = self.backend.get("loras") or []
+        from .properties import set_backend_loras
+
+        set_backend_loras([lo if isinstance(lo, str) else lo.get("name", "") for lo in loras])
+        return self.backend
+
+    def backend_status_line(self) -> str:
+        if self.backend_error:
+            return "Backend: not connected"
+        if not self.backend:
+            return "Backend: not checked (Test Connection)"
+        model = self.backend.get("model") or self.backend.get("model_name") or "?"
+        device = self.backend.get("device") or "?"
+        return f"Backend: connected · {model} · {device}"
+
+    # ------------------------------------------------------------------ submit
+    def _log(self, msg: str) -> None:
+        if self.log_to_stdout:
+            print(f"frameprompt: {msg}", flush=True)
+
+    def _start(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> None:
+        if self.job.active:
+            raise FramePromptUserError("A job is already running: wait for it or press Cancel")
+        client = self.client_for(settings)
+        reference = export.reference.read_bytes()
+        poses = [p.read_bytes() for p in export.skeleton_files]
+        self.job = JobState(
+            state=SUBMITTING,
+            job_dir=str(export.job_dir),
+            scene=strip_scene,
+            frame_start=spec.frame_start,
+            num_frames=spec.num_frames,
+            started=time.monotonic(),
+            last_event=time.monotonic(),
+            keep_inputs=settings.keep_inputs,
+            timeout_s=settings.job_timeout,
+            message="submitting",
+        )
+        self._cancel_requested = False
+        self._log(
+            f"submitting {spec.num_frames} frames {spec.width}x{spec.height} to {settings.server_address}"
+        )
+        client.submit(reference, poses, pose_format="png", params=spec.params())
+
+    def submit(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> None:
+        """Non-blocking submit for the UI: events are drained by a timer."""
+        try:
+            self._start(spec, export, settings, strip_scene)
+        except Exception as exc:
+            self._fail(exc, settings.server_address)
+            raise
+        if not self._timer_registered:
+            bpy.app.timers.register(self._tick, first_interval=TICK_S)
+            self._timer_registered = True
+
+    def run_blocking(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> JobState:
+        """Submit and wait (background mode): returns the final state; raises JobFailed on failure."""
+        self._start(spec, export, settings, strip_scene)
+        try:
+            while self.job.active:
+                self._drain(block_s=0.5)
+                self._check_timeout()
+        except KeyboardInterrupt:
+            self.cancel()
+            deadline = time.monotonic() + 10
+            while self.job.active and time.monotonic() < deadline:
+                self._drain(block_s=0.5)
+            raise
+        if self.job.state == FAILED:
+            raise JobFailed(self.job.error_code or "model_error", self.job.message)
+        if self.job.state == CANCELLED:
+            raise JobFailed("cancelled", self.job.message)
+        return self.job
+
+    def cancel(self) -> None:
+        if not self.job.active:
+            return
+        self._cancel_requested = True
+        self.job.state = CANCELLING
+        self.job.message = "cancelling"
+        self._log("cancelling")
+        if self.client is not None and self.job.job_id:
+            try:
+                self.client.cancel(self.job.job_id)
+            except Exception as exc:  # the transport is gone: nothing more will arrive
+                self._finish(CANCELLED, f"Cancelled ({exc})")
+        elif not self.job.job_id:
+            # not accepted yet: the accepted event will trigger the cancel
+            pass
+
+    # ------------------------------------------------------------------ events
+    def _tick(self) -> float | None:
+        try:
+            self._drain(block_s=0.0)
+            self._check_timeout()
+        except Exception as exc:  # never let an exception kill the timer silently
+            self._fail(exc, "")
+        _tag_redraw()
+        if self.job.active:
+            return TICK_S
+        self._timer_registered = False
+        return None
+
+    def _check_timeout(self) -> None:
+        if self.job.active and time.monotonic() - self.job.last_event > self.job.timeout_s:
+            self._finish(
+                FAILED,
+                f"No message from the backend for {self.job.timeout_s:.0f} s: it may have stopped. "
+                "Check the server window, then press Animate again",
+                code="timeout",
+            )
+
+    def _drain(self, block_s: float) -> None:
+        client = self.client
+        if client is None:
+            return
+        events: queue.Queue = client.events
+        first = True
+        while True:
+            try:
+                ev = events.get(timeout=block_s) if (first and block_s > 0) else events.get_nowait()
+            except queue.Empty:
+                return
+            first = False
+            self.handle_event(ev)
+
+    def handle_event(self, ev: Any) -> None:
+        kind, h, parts = _unpack_event(ev)
+        job = self.job
+        job_id = h.get("job_id") or ""
+        if job_id and job.job_id and job_id != job.job_id:
+            return  # an old job's late message
+        job.last_event = time.monotonic()
+        if kind == "accepted":
+            job.job_id = job_id
+            job.state = QUEUED
+            job.message = "queued"
+            self._log(f"job {job_id} accepted")
+            if self._cancel_requested and self.client is not None:
+                self.client.cancel(job_id)
+        elif kind == "progress":
+            if not job.job_id:
+                job.job_id = job_id
+            if job.state != CANCELLING:
+                job.state = RUNNING if h.get("phase") not in (None, "queued") else QUEUED
+            job.phase = str(h.get("phase") or "")
+            job.step, job.total = int(h.get("step") or 0), int(h.get("total") or 0)
+            job.eta_s = h.get("eta_s")
+            job.message = h.get("message") or job.phase
+            self._log(f"{job.phase} {job.step}/{job.total} {job.eta_text()}".rstrip())
+        elif kind == "result":
+            if self._cancel_requested:
+                self._finish(CANCELLED, "Cancelled: the result that arrived afterwards was discarded")
+                return
+            self._on_result(job_id, h, parts)
+        elif kind == "error":
+            code = str(h.get("code") or "model_error")
+            if code == "cancelled" or (self._cancel_requested and code in ("unknown_job", "interrupted")):
+                self._finish(CANCELLED, "Cancelled: no frames were imported; press Animate to run it again")
+                return
+            msg = str(h.get("message") or "the backend reported an error")
+            hint = str(h.get("hint") or "")
+            self._finish(FAILED, msg + (f". Fix: {hint}" if hint else ""), code=code)
+        elif kind == "status":
+            st = h.get("state")
+            if st == "cancelled":
+                self._finish(CANCELLED, "Cancelled: no frames were imported")
+            elif st in ("failed", "interrupted"):
+                self._finish(FAILED, str(h.get("message") or f"job {st}"), code=st)
+        elif kind == "hello":
+            self.backend = dict(h)
+
+    def _on_result(self, job_id: str, h: dict[str, Any], parts: list[bytes]) -> None:
+        job = self.job
+        if not parts:
+            self._finish(FAILED, "The backend returned no frames", code="model_error")
+            return
+        out = Path(job.job_dir) / "frames"
+        out.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, data in enumerate(parts):
+            p = out / f"{i:04d}.png"
+            p.write_bytes(data)
+            paths.append(p)
+        job.frames = [str(p) for p in paths]
+        self._log(f"received {len(paths)} frames -> {out}")
+        scene = bpy.data.scenes.get(job.scene)
+        if scene is None:
+            self._finish(FAILED, f"Scene '{job.scene}' is gone; the frames are in {out}", code="no_scene")
+            return
+        from .sequencer import import_image_sequence
+
+        strip = import_image_sequence(
+            scene,
+            paths,
+            name=f"FramePrompt {job_id or Path(job.job_dir).name}"[:63],
+            frame_start=job.frame_start,
+            metadata={"frameprompt_job": job_id, "frameprompt_dir": job.job_dir},
+        )
+        job.strip = strip.name
+        job.step = job.total = max(job.total, 1)
+        settings = getattr(scene, "frameprompt", None)
+        if settings is not None:
+            settings.last_job_id = job_id
+            settings.last_result_dir = str(out)
+            settings.last_strip = strip.name
+            settings.last_strip_scene = scene.name
+        if not job.keep_inputs:
+            for sub in ("pose", "skeleton"):
+                shutil.rmtree(Path(job.job_dir) / sub, ignore_errors=True)
+            (Path(job.job_dir) / "reference.png").unlink(missing_ok=True)
+        self._finish(DONE, f"Done: {len(paths)} frames in strip '{strip.name}' (channel {strip.channel})")
+
+    def _finish(self, state: str, message: str, code: str = "") -> None:
+        self.job.state = state
+        self.job.message = message
+        self.job.error_code = code
+        self._cancel_requested = False
+        self._log(message)
+
+    def _fail(self, exc: BaseException, address: str) -> None:
+        code = getattr(exc, "code", "") or ("bad_input" if isinstance(exc, FramePromptUserError) else "")
+        self._finish(FAILED, _describe(exc, address), code=str(code))
+
+    def shutdown(self) -> None:
+        """Stop the timer and the client thread (add-on disabled, file closed)."""
+        if self._timer_registered and bpy.app.timers.is_registered(self._tick):
+            bpy.app.timers.unregister(self._tick)
+        self._timer_registered = False
+        if self.job.active:
+            self._finish(CANCELLED, "Stopped: the file was closed or the add-on disabled")
+        self.close_client()
+
+
+def _unpack_event(ev: Any) -> tuple[str, dict[str, Any], list[bytes]]:
+    """(type, header, parts) of a client event (a protocol Message, a Result, or a dict)."""
+    if isinstance(ev, dict):
+        return str(ev.get("type", "")), ev, list(ev.get("parts") or ev.get("frames") or [])
+    if hasattr(ev, "header"):
+        h = dict(ev.header)
+        return str(getattr(ev, "type", h.get("type", ""))), h, list(getattr(ev, "parts", []) or [])
+    if hasattr(ev, "frames") and hasattr(ev, "job_id"):  # protocol.Result
+        return "result", {"job_id": ev.job_id, "meta": getattr(ev, "meta", {})}, list(ev.frames)
+    return str(getattr(ev, "type", "")), dict(getattr(ev, "__dict__", {})), []
+
+
+def _describe(exc: BaseException, address: str) -> str:
+    code = getattr(exc, "code", "")
+    if code in ("server_unavailable", "timeout") or isinstance(exc, TimeoutError | ConnectionError):
+        return (
+            f"Backend not reachable at {address}: start it with `frameprompt serve --model PATH "
+            f"--bind {address or 'tcp://127.0.0.1:5555'}` or fix the address in the add-on preferences"
+        )
+    if code == "auth_failed":
+        return str(getattr(exc, "message", exc)) + ". Fix: check the CurveZMQ key files in the preferences"
+    return str(exc)
+
+
+MANAGER = JobManager()

@@ -1,0 +1,228 @@
+"""Operators: ``frameprompt.export``, ``.animate``, ``.cancel``, ``.test_connection``, ``.show_result``,
+``.toggle_overlay``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import bpy
+from bpy.props import StringProperty
+
+from .export import FramePromptUserError, export_job, job_name, spec_from_scene, spec_problems
+from .jobs import MANAGER, JobFailed
+from .preferences import get_settings, resolve_output_dir
+from .sequencer import sequencer_scene
+
+
+def _job_dir(context: Any, directory: str = "") -> Path:
+    if directory:
+        return Path(bpy.path.abspath(directory))
+    return resolve_output_dir(get_settings(context).output_dir) / job_name(context.scene.name)
+
+
+def _spec_reason(context: Any) -> str:
+    if getattr(context.scene, "frameprompt", None) is None:
+        return "FramePrompt settings missing: re-enable the add-on"
+    problems = spec_problems(spec_from_scene(context))
+    return problems[0] if problems else ""
+
+
+class FRAMEPROMPT_OT_export(bpy.types.Operator):
+    """Write the job folder: reference.png, pose/*_keypoints.json (OpenPose) and skeleton/*.png"""
+
+    bl_idname = "frameprompt.export"
+    bl_label = "Export Inputs"
+    bl_options = {"REGISTER"}
+
+    directory: StringProperty(  # type: ignore[valid-type]
+        name="Folder",
+        description="Job folder (empty = a new folder in the output folder)",
+        subtype="DIR_PATH",
+    )
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        reason = _spec_reason(context)
+        if reason:
+            cls.poll_message_set(reason)
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        spec = spec_from_scene(context)
+        job_dir = _job_dir(context, self.directory)
+        try:
+            result = export_job(spec, job_dir, log=print if bpy.app.background else None)
+        except FramePromptUserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except Exception as exc:
+            self.report({"ERROR"}, f"Export failed: {exc} (files written so far are in {job_dir})")
+            return {"CANCELLED"}
+        for w in result.warnings:
+            self.report({"WARNING"}, w)
+        self.report({"INFO"}, f"Exported {spec.num_frames} frames to {job_dir}")
+        return {"FINISHED"}
+
+
+class FRAMEPROMPT_OT_animate(bpy.types.Operator):
+    """Export the inputs, send them to the FramePrompt backend and import the generated frames into the
+    Sequencer"""
+
+    bl_idname = "frameprompt.animate"
+    bl_label = "Animate"
+    bl_options = {"REGISTER"}
+
+    directory: StringProperty(  # type: ignore[valid-type]
+        name="Folder",
+        description="Job folder (empty = a new folder in the output folder)",
+        subtype="DIR_PATH",
+    )
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        if MANAGER.job.active:
+            cls.poll_message_set("A job is running: wait for it or press Cancel")
+            return False
+        reason = _spec_reason(context)
+        if reason:
+            cls.poll_message_set(reason)
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        settings = get_settings(context)
+        spec = spec_from_scene(context)
+        job_dir = _job_dir(context, self.directory)
+        strip_scene = sequencer_scene(context).name
+        try:
+            from .jobs import check_online_access
+
+            check_online_access(settings.server_address)
+            export = export_job(spec, job_dir, log=print if bpy.app.background else None)
+        except FramePromptUserError as exc:
+            MANAGER._fail(exc, settings.server_address)
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except Exception as exc:
+            MANAGER._fail(exc, settings.server_address)
+            self.report({"ERROR"}, f"Export failed: {exc} (files written so far are in {job_dir})")
+            return {"CANCELLED"}
+        for w in export.warnings:
+            self.report({"WARNING"}, w)
+        try:
+            if bpy.app.background:
+                # No event loop in background mode: timers never fire, so wait here.
+                state = MANAGER.run_blocking(spec, export, settings, strip_scene)
+                self.report({"INFO"}, state.message)
+            else:
+                MANAGER.submit(spec, export, settings, strip_scene)
+                self.report({"INFO"}, f"Submitted {spec.num_frames} frames; inputs in {job_dir}")
+        except (JobFailed, FramePromptUserError) as exc:
+            MANAGER.job.state = MANAGER.job.state if MANAGER.job.state != "idle" else "failed"
+            self.report({"ERROR"}, f"{MANAGER.job.message or exc} (inputs kept in {job_dir})")
+            return {"CANCELLED"}
+        except Exception as exc:
+            self.report({"ERROR"}, f"{MANAGER.job.message or exc} (inputs kept in {job_dir})")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class FRAMEPROMPT_OT_cancel(bpy.types.Operator):
+    """Cancel the running FramePrompt job (nothing is imported)"""
+
+    bl_idname = "frameprompt.cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        if not MANAGER.job.active:
+            cls.poll_message_set("No job is running")
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        MANAGER.cancel()
+        self.report({"INFO"}, "Cancelling the FramePrompt job")
+        return {"FINISHED"}
+
+
+class FRAMEPROMPT_OT_test_connection(bpy.types.Operator):
+    """Ask the backend who it is (model, device, LoRAs) and report whether it answers"""
+
+    bl_idname = "frameprompt.test_connection"
+    bl_label = "Test Connection"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: Any) -> set[str]:
+        settings = get_settings(context)
+        try:
+            MANAGER.test_connection(settings)
+        except (JobFailed, FramePromptUserError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        except Exception as exc:
+            self.report({"ERROR"}, f"Backend test failed: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, MANAGER.backend_status_line())
+        return {"FINISHED"}
+
+
+class FRAMEPROMPT_OT_show_result(bpy.types.Operator):
+    """Select the last result's strip in the Sequencer and move the playhead to it"""
+
+    bl_idname = "frameprompt.show_result"
+    bl_label = "Show in Sequencer"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        s = getattr(context.scene, "frameprompt", None)
+        if s is None or not s.last_strip:
+            cls.poll_message_set("No result yet: press Animate first")
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        from .sequencer import show_in_sequencer
+
+        s = context.scene.frameprompt
+        scene = bpy.data.scenes.get(s.last_strip_scene) or context.scene
+        if not show_in_sequencer(context, scene, s.last_strip):
+            self.report({"ERROR"}, f"Strip '{s.last_strip}' is gone; the frames are in {s.last_result_dir}")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class FRAMEPROMPT_OT_toggle_overlay(bpy.types.Operator):
+    """Show or hide the projected OpenPose skeleton (what the model will receive) in the 3D Viewport"""
+
+    bl_idname = "frameprompt.toggle_overlay"
+    bl_label = "Skeleton Overlay"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context: Any) -> set[str]:
+        from . import overlay
+
+        wm_state = context.window_manager.frameprompt
+        wm_state.show_overlay = not wm_state.show_overlay
+        if wm_state.show_overlay:
+            overlay.enable()
+        else:
+            overlay.disable()
+        for area in getattr(context.screen, "areas", []) if context.screen else []:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
+        return {"FINISHED"}
+
+
+CLASSES = (
+    FRAMEPROMPT_OT_export,
+    FRAMEPROMPT_OT_animate,
+    FRAMEPROMPT_OT_cancel,
+    FRAMEPROMPT_OT_test_connection,
+    FRAMEPROMPT_OT_show_result,
+    FRAMEPROMPT_OT_toggle_overlay,
+)

@@ -1,0 +1,191 @@
+"""Per-scene settings of the panel (``scene.frameprompt``), saved with the .blend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+# (id, label, width, height)
+RESOLUTION_PRESETS: list[tuple[str, str, int, int]] = [
+    ("480P_PORTRAIT", "480p portrait (480×832)", 480, 832),
+    ("480P_LANDSCAPE", "480p landscape (832×480)", 832, 480),
+    ("SQUARE_512", "Square (512×512)", 512, 512),
+]
+
+# LoRA names the backend advertised in its last hello (filled by jobs.py).
+_BACKEND_LORAS: list[str] = []
+_LORA_ITEMS_CACHE: list[tuple[str, str, str]] = []
+
+
+def set_backend_loras(names: list[str]) -> None:
+    _BACKEND_LORAS[:] = [str(n) for n in names]
+
+
+def _lora_items(self: Any, context: Any) -> list[tuple[str, str, str]]:
+    # Blender keeps only references to the strings: hold them in a module-level list.
+    _LORA_ITEMS_CACHE[:] = [("NONE", "None", "No LoRA: the base model")]
+    _LORA_ITEMS_CACHE.extend((n, n, f"LoRA '{n}' served by the backend") for n in _BACKEND_LORAS)
+    return _LORA_ITEMS_CACHE
+
+
+def _poll_armature(self: Any, obj: Any) -> bool:
+    return obj.type == "ARMATURE"
+
+
+def _poll_camera(self: Any, obj: Any) -> bool:
+    return obj.type == "CAMERA"
+
+
+def _preset_update(self: Any, context: Any) -> None:
+    for ident, _label, w, h in RESOLUTION_PRESETS:
+        if ident == self.resolution_preset:
+            self.width, self.height = w, h
+            return
+    if self.resolution_preset == "SCENE":
+        r = context.scene.render
+        pct = r.resolution_percentage / 100.0
+        self.width = max(16, int(round(r.resolution_x * pct / 16.0)) * 16)
+        self.height = max(16, int(round(r.resolution_y * pct / 16.0)) * 16)
+
+
+class FRAMEPROMPT_SceneSettings(bpy.types.PropertyGroup):
+    armature: PointerProperty(  # type: ignore[valid-type]
+        name="Armature",
+        description="Rig whose animation drives the video (empty = the active object if it is an armature)",
+        type=bpy.types.Object,
+        poll=_poll_armature,
+    )
+    camera: PointerProperty(  # type: ignore[valid-type]
+        name="Camera",
+        description="Camera the skeleton is projected through (empty = the scene camera)",
+        type=bpy.types.Object,
+        poll=_poll_camera,
+    )
+    use_scene_start: BoolProperty(  # type: ignore[valid-type]
+        name="Start at scene start",
+        description="Start at the scene's first frame",
+        default=True,
+    )
+    frame_start: IntProperty(  # type: ignore[valid-type]
+        name="Start frame",
+        description="First animation frame sent to the model",
+        default=1,
+    )
+    num_frames: IntProperty(  # type: ignore[valid-type]
+        name="Frames (N)",
+        description="Number of frames to generate (the pose frames start..start+N-1). Must be a multiple "
+        "of 4: the video VAE compresses 4 frames into one latent frame",
+        default=16,
+        min=4,
+        soft_max=128,
+        step=4,
+    )
+    resolution_preset: EnumProperty(  # type: ignore[valid-type]
+        name="Resolution",
+        description="Output size; width and height must be multiples of 16",
+        items=[(i, label, f"{w}×{h}") for i, label, w, h in RESOLUTION_PRESETS]
+        + [
+            ("SCENE", "Scene resolution", "The scene's render size rounded to multiples of 16"),
+            ("CUSTOM", "Custom", "Width and height below"),
+        ],
+        default="480P_PORTRAIT",
+        update=_preset_update,
+    )
+    width: IntProperty(  # type: ignore[valid-type]
+        name="Width", description="Output width (multiple of 16)", default=480, min=16, soft_max=1280, step=16
+    )
+    height: IntProperty(  # type: ignore[valid-type]
+        name="Height",
+        description="Output height (multiple of 16)",
+        default=832,
+        min=16,
+        soft_max=1280,
+        step=16,
+    )
+    reference_source: EnumProperty(  # type: ignore[valid-type]
+        name="Reference",
+        description="Where the appearance of the character comes from",
+        items=[
+            ("RENDER", "Render scene", "Render the scene with its render engine at the reference frame"),
+            ("IMAGE", "Image file", "Use an image file (e.g. concept art) as the reference"),
+        ],
+        default="RENDER",
+    )
+    reference_frame_offset: IntProperty(  # type: ignore[valid-type]
+        name="Reference frame",
+        description="Frame rendered as the reference, relative to the start frame (0 = the start frame)",
+        default=0,
+    )
+    reference_image: StringProperty(  # type: ignore[valid-type]
+        name="Image", description="Reference image file", subtype="FILE_PATH", default=""
+    )
+    prompt: StringProperty(  # type: ignore[valid-type]
+        name="Prompt", description="Optional text describing the video", default=""
+    )
+    seed: IntProperty(name="Seed", description="Random seed", default=0, min=0)  # type: ignore[valid-type]
+    steps: IntProperty(  # type: ignore[valid-type]
+        name="Steps", description="Denoising steps", default=20, min=1, max=200
+    )
+    guidance: FloatProperty(  # type: ignore[valid-type]
+        name="Guidance", description="Classifier-free guidance scale", default=5.0, min=0.0, max=30.0
+    )
+    lora: EnumProperty(  # type: ignore[valid-type]
+        name="LoRA", description="LoRA adapter served by the backend", items=_lora_items
+    )
+    # Last result (saved with the file so the button works after a reload).
+    last_job_id: StringProperty(name="Last job", default="")  # type: ignore[valid-type]
+    last_result_dir: StringProperty(name="Last result", subtype="DIR_PATH", default="")  # type: ignore[valid-type]
+    last_strip: StringProperty(name="Last strip", default="")  # type: ignore[valid-type]
+    last_strip_scene: StringProperty(name="Strip scene", default="")  # type: ignore[valid-type]
+
+
+class FRAMEPROMPT_WindowState(bpy.types.PropertyGroup):
+    """Session-only UI state (not saved): the overlay toggle."""
+
+    show_overlay: BoolProperty(  # type: ignore[valid-type]
+        name="Skeleton overlay",
+        description="Draw the OpenPose skeleton the model will receive in the 3D Viewport",
+        default=False,
+    )
+
+
+CLASSES = (FRAMEPROMPT_SceneSettings, FRAMEPROMPT_WindowState)
+
+
+def register_props() -> None:
+    bpy.types.Scene.frameprompt = PointerProperty(type=FRAMEPROMPT_SceneSettings)
+    bpy.types.WindowManager.frameprompt = PointerProperty(type=FRAMEPROMPT_WindowState)
+
+
+def unregister_props() -> None:
+    del bpy.types.WindowManager.frameprompt
+    del bpy.types.Scene.frameprompt
+
+
+def effective_armature(scene: Any, settings: Any, context: Any = None) -> Any | None:
+    if settings is not None and settings.armature is not None:
+        return settings.armature
+    obj = getattr(context or bpy.context, "active_object", None)
+    if obj is not None and obj.type == "ARMATURE":
+        return obj
+    arms = [o for o in scene.objects if o.type == "ARMATURE"]
+    return arms[0] if len(arms) == 1 else None
+
+
+def effective_camera(scene: Any, settings: Any) -> Any | None:
+    if settings is not None and settings.camera is not None:
+        return settings.camera
+    return scene.camera
+
+
+def effective_start(scene: Any, settings: Any) -> int:
+    return int(scene.frame_start if settings.use_scene_start else settings.frame_start)
