@@ -184,7 +184,7 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: tuple[str, ...] = ("latents",),
-    ) -> FramePromptPipelineOutput | tuple:
+    ) -> FramePromptPipelineOutput:
         """Generate N frames of the reference character following N skeleton frames.
 
         Args:
@@ -266,7 +266,7 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             frames = self.video_processor.postprocess_video(video.float(), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
-            return (frames,)
+            return (frames,)  # type: ignore[return-value]  # diffusers' return_dict=False convention
         return FramePromptPipelineOutput(frames=frames)
 
     def _predict(
