@@ -119,3 +119,16 @@ def test_save_and_load_round_trip_gives_the_same_output(pipe, tiny_model_dir):
         _run(loaded, output_type="np").frames, _run(fresh, output_type="np").frames, atol=1e-5
     )
     assert torch.equal(loaded.null_prompt_embeds, fresh.null_prompt_embeds)
+
+
+def test_prompt_goes_through_the_text_encoder_padded_with_zeros_to_512():
+    from frameprompt.testing import tiny_components, tiny_text_encoder
+
+    p = FramePromptPipeline(**tiny_components(), **tiny_text_encoder())
+    p.set_progress_bar_config(disable=True)
+    text, negative = p.encode_text("a knight walks", "blurry", None, None, torch.device("cpu"), torch.float32)
+    assert text.shape == negative.shape == (1, TEXT_TOKENS, 32)
+    assert text[0, :3].abs().sum() > 0 and (text[0, 4:] == 0).all()  # 3 words + </s>, then zeros
+    a = _run(p, n=4, steps=2, prompt="a knight walks", guidance_scale=4.0, output_type="np").frames
+    b = _run(p, n=4, steps=2, prompt="a knight dances", guidance_scale=4.0, output_type="np").frames
+    assert a.shape == (1, 4, 32, 32, 3) and not np.array_equal(a, b)

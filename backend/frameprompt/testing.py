@@ -96,3 +96,26 @@ def demo_inputs(
         PIL.Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(num_frames)
     ]
     return reference, poses
+
+
+def tiny_text_encoder() -> dict:
+    """A tiny UMT5 encoder and a word-level tokenizer (text_dim 32), standing in for UMT5-XXL."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+    words = ["<pad>", "</s>", "<unk>", "a", "knight", "walks", "dances", "blurry"]
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    torch.manual_seed(0)
+    config = UMT5Config(
+        vocab_size=len(words),
+        d_model=TINY_TRANSFORMER["text_dim"],
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_heads=2,
+    )
+    return {"tokenizer": tokenizer, "text_encoder": UMT5EncoderModel(config).eval()}
