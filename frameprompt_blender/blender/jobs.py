@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,15 +104,9 @@ def check_online_access(address: str) -> None:
         )
 
 
-def _curve_keys(settings: Any) -> Any:
-    if not (settings.server_public_key or settings.client_secret_key):
-        return None
-    from ..core.client import load_curve_keys  # engineer B's helper
-
-    return load_curve_keys(
-        server_public=bpy.path.abspath(settings.server_public_key),
-        client_secret=bpy.path.abspath(settings.client_secret_key),
-    )
+def _curve_keys(settings: Any) -> str | None:
+    """The CurveZMQ key folder (``client.key_secret`` + ``server.key`` from ``frameprompt keys``) or None."""
+    return bpy.path.abspath(settings.curve_keys_dir) if settings.curve_keys_dir else None
 
 
 def _tag_redraw() -> None:
@@ -135,12 +130,15 @@ class JobManager:
         self.backend_error: str = ""
         self._timer_registered = False
         self._cancel_requested = False
+        self.handle: Any = None  # the client's JobHandle of the current job
+        self.checking = False
+        self._hello_result: tuple[Any, BaseException | None] | None = None
         self.log_to_stdout = bool(bpy.app.background)
 
     # ------------------------------------------------------------------ client
     def client_for(self, settings: Any) -> Any:
         check_online_access(settings.server_address)
-        key = (settings.server_address, settings.server_public_key, settings.client_secret_key)
+        key = (settings.server_address, settings.curve_keys_dir, settings.connect_timeout)
         if self.client is not None and self._client_key == key:
             return self.client
         self.close_client()
@@ -169,26 +167,66 @@ class JobManager:
             self.backend, self.backend_error = {}, str(exc)
             raise
         except Exception as exc:
-            self.backend = {}
-            self.backend_error = _describe(exc, settings.server_address)
-            self.close_client()
+            self._set_backend(None, exc, settings.server_address)
             raise JobFailed(getattr(exc, "code", "server_unavailable"), self.backend_error) from None
-        self.backend = dict(info) if isinstance(info, dict) else dict(getattr(info, "header", {}) or {})
+        self._set_backend(info, None, settings.server_address)
+        return self.backend
+
+    def test_connection_async(self, settings: Any) -> None:
+        """UI version of :meth:`test_connection`: the hello waits in a worker thread, a timer picks up
+        the answer, so the UI never freezes on an absent backend."""
+        client = self.client_for(settings)  # may raise FramePromptUserError (online access)
+        self.checking = True
+        self._hello_result = None
+        address = settings.server_address
+
+        def worker() -> None:
+            try:
+                self._hello_result = (client.hello(), None)
+            except Exception as exc:
+                self._hello_result = (None, exc)
+
+        threading.Thread(target=worker, name="frameprompt-hello", daemon=True).start()
+
+        def poll() -> float | None:
+            if self._hello_result is None:
+                return 0.2
+            info, exc = self._hello_result
+            self._set_backend(info, exc, address)
+            self.checking = False
+            _tag_redraw()
+            return None
+
+        bpy.app.timers.register(poll, first_interval=0.2)
+
+    def _set_backend(self, info: Any, exc: BaseException | None, address: str) -> None:
+        if exc is not None or not isinstance(info, dict):
+            self.backend = {}
+            self.backend_error = _describe(exc, address) if exc else "the backend sent no hello"
+            self.close_client()
+            return
+        self.backend = dict(info)
         self.backend_error = ""
         loras = self.backend.get("loras") or []
         from .properties import set_backend_loras
 
-        set_backend_loras([lo if isinstance(lo, str) else lo.get("name", "") for lo in loras])
-        return self.backend
+        set_backend_loras([lo if isinstance(lo, str) else str(lo.get("name", "")) for lo in loras])
 
     def backend_status_line(self) -> str:
+        if self.checking:
+            return "Backend: checking..."
         if self.backend_error:
             return "Backend: not connected"
         if not self.backend:
             return "Backend: not checked (Test Connection)"
-        model = self.backend.get("model") or self.backend.get("model_name") or "?"
-        device = self.backend.get("device") or "?"
-        return f"Backend: connected · {model} · {device}"
+        b = self.backend
+        model = b.get("model") or b.get("model_name") or "?"
+        if isinstance(model, dict):
+            model = model.get("name") or model.get("path") or "?"
+        devices = b.get("devices") or b.get("device") or "?"
+        if isinstance(devices, list | tuple):
+            devices = ", ".join(str(d.get("name", d) if isinstance(d, dict) else d) for d in devices) or "?"
+        return f"Backend: connected · {Path(str(model)).name} · {devices}"
 
     # ------------------------------------------------------------------ submit
     def _log(self, msg: str) -> None:
@@ -217,7 +255,7 @@ class JobManager:
         self._log(
             f"submitting {spec.num_frames} frames {spec.width}x{spec.height} to {settings.server_address}"
         )
-        client.submit(reference, poses, pose_format="png", params=spec.params())
+        self.handle = client.submit(reference, poses, pose_format="png", params=spec.params())
 
     def submit(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> None:
         """Non-blocking submit for the UI: events are drained by a timer."""
@@ -256,14 +294,15 @@ class JobManager:
         self.job.state = CANCELLING
         self.job.message = "cancelling"
         self._log("cancelling")
-        if self.client is not None and self.job.job_id:
-            try:
+        try:
+            if self.handle is not None:
+                self.handle.cancel()  # before 'accepted' the client cancels as soon as the id arrives
+            elif self.client is not None and self.job.job_id:
                 self.client.cancel(self.job.job_id)
-            except Exception as exc:  # the transport is gone: nothing more will arrive
-                self._finish(CANCELLED, f"Cancelled ({exc})")
-        elif not self.job.job_id:
-            # not accepted yet: the accepted event will trigger the cancel
-            pass
+            else:
+                self._finish(CANCELLED, "Cancelled before the job was sent")
+        except Exception as exc:  # the transport is gone: nothing more will arrive
+            self._finish(CANCELLED, f"Cancelled ({exc})")
 
     # ------------------------------------------------------------------ events
     def _tick(self) -> float | None:
@@ -304,17 +343,22 @@ class JobManager:
     def handle_event(self, ev: Any) -> None:
         kind, h, parts = _unpack_event(ev)
         job = self.job
+        handle = getattr(ev, "job", None)
+        if handle is not None and self.handle is not None and handle is not self.handle:
+            return  # an old job's late message
+        if kind in ("connected", "disconnected", "heartbeat"):
+            return
         job_id = h.get("job_id") or ""
         if job_id and job.job_id and job_id != job.job_id:
-            return  # an old job's late message
+            return
+        if not job.active and kind in ("accepted", "progress", "result", "error", "status"):
+            return  # nothing is waiting for it (e.g. after a timeout)
         job.last_event = time.monotonic()
         if kind == "accepted":
             job.job_id = job_id
             job.state = QUEUED
             job.message = "queued"
             self._log(f"job {job_id} accepted")
-            if self._cancel_requested and self.client is not None:
-                self.client.cancel(job_id)
         elif kind == "progress":
             if not job.job_id:
                 job.job_id = job_id
@@ -345,7 +389,7 @@ class JobManager:
             elif st in ("failed", "interrupted"):
                 self._finish(FAILED, str(h.get("message") or f"job {st}"), code=st)
         elif kind == "hello":
-            self.backend = dict(h)
+            self._set_backend(h, None, "")
 
     def _on_result(self, job_id: str, h: dict[str, Any], parts: list[bytes]) -> None:
         job = self.job
@@ -389,6 +433,8 @@ class JobManager:
         self._finish(DONE, f"Done: {len(paths)} frames in strip '{strip.name}' (channel {strip.channel})")
 
     def _finish(self, state: str, message: str, code: str = "") -> None:
+        if state in (DONE, FAILED, CANCELLED):
+            self.handle = None
         self.job.state = state
         self.job.message = message
         self.job.error_code = code

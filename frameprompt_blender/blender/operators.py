@@ -159,6 +159,10 @@ class FRAMEPROMPT_OT_test_connection(bpy.types.Operator):
     def execute(self, context: Any) -> set[str]:
         settings = get_settings(context)
         try:
+            if not bpy.app.background:
+                MANAGER.test_connection_async(settings)
+                self.report({"INFO"}, f"Asking the backend at {settings.server_address}...")
+                return {"FINISHED"}
             MANAGER.test_connection(settings)
         except (JobFailed, FramePromptUserError) as exc:
             self.report({"ERROR"}, str(exc))

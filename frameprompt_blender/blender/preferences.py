@@ -24,8 +24,7 @@ class Settings:
     """Plain snapshot of the preferences (also the defaults when the add-on is not enabled)."""
 
     server_address: str = DEFAULT_ADDRESS
-    server_public_key: str = ""
-    client_secret_key: str = ""
+    curve_keys_dir: str = ""
     connect_timeout: float = 5.0
     job_timeout: float = 1800.0
     output_dir: str = DEFAULT_OUTPUT_DIR
@@ -41,16 +40,11 @@ class FRAMEPROMPT_AddonPreferences(bpy.types.AddonPreferences):
         "A non-loopback host needs Preferences > System > Network > Allow Online Access",
         default=DEFAULT_ADDRESS,
     )
-    server_public_key: StringProperty(  # type: ignore[valid-type]
-        name="Server public key",
-        description="CurveZMQ public key file of the server (from `frameprompt keys`); empty = no encryption",
-        subtype="FILE_PATH",
-        default="",
-    )
-    client_secret_key: StringProperty(  # type: ignore[valid-type]
-        name="Client secret key",
-        description="CurveZMQ secret key file of this client (from `frameprompt keys`)",
-        subtype="FILE_PATH",
+    curve_keys_dir: StringProperty(  # type: ignore[valid-type]
+        name="CurveZMQ keys",
+        description="Folder written by `frameprompt keys --client NAME` (client.key_secret + server.key); "
+        "empty = no encryption (fine on this machine)",
+        subtype="DIR_PATH",
         default="",
     )
     connect_timeout: FloatProperty(  # type: ignore[valid-type]
@@ -92,8 +86,7 @@ class FRAMEPROMPT_AddonPreferences(bpy.types.AddonPreferences):
             )
         box = col.box()
         box.label(text="CurveZMQ encryption (optional)")
-        box.prop(self, "server_public_key")
-        box.prop(self, "client_secret_key")
+        box.prop(self, "curve_keys_dir")
         col.prop(self, "connect_timeout")
         col.prop(self, "job_timeout")
         col.prop(self, "output_dir")
@@ -113,8 +106,7 @@ def get_settings(context: Any = None) -> Settings:
         return Settings()
     return Settings(
         server_address=prefs.server_address,
-        server_public_key=prefs.server_public_key,
-        client_secret_key=prefs.client_secret_key,
+        curve_keys_dir=prefs.curve_keys_dir,
         connect_timeout=prefs.connect_timeout,
         job_timeout=prefs.job_timeout,
         output_dir=prefs.output_dir,

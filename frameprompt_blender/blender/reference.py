@@ -23,6 +23,14 @@ def _temporarily(obj: Any, **values: Any) -> Iterator[None]:
                 setattr(obj, k, v)
 
 
+def _png_settings(settings: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if hasattr(settings, "media_type"):  # 5.0+: pick the media type before the file format
+        values["media_type"] = "IMAGE"
+    values.update(file_format="PNG", color_mode="RGB", color_depth="8")
+    return values
+
+
 def render_reference(
     scene: bpy.types.Scene, camera: bpy.types.Object, frame: int, width: int, height: int, out_path: Path
 ) -> Path:
@@ -51,7 +59,7 @@ def render_reference(
             use_sequencer=False,
             use_compositing=r.use_compositing,
         ),
-        _temporarily(settings, file_format="PNG", color_mode="RGB", color_depth="8"),
+        _temporarily(settings, **_png_settings(settings)),
     ):
         try:
             scene.frame_set(int(frame))
