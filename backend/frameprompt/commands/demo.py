@@ -1,0 +1,115 @@
+"""frameprompt demo: the whole path headless, on the built-in demo scene.
+
+Blender (the bpy module, this process) builds the demo character and its walk, exports the skeleton
+frames and a rendered reference, and sends them to a `frameprompt serve` process; the result comes
+back as N frames, an image strip in the Sequencer, a saved .blend and an MP4. Torch is only ever
+loaded by the server process, as with Blender itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    parser.add_argument("--model", help="model folder for the server (default: the embedded default model)")
+    parser.add_argument(
+        "--untrained",
+        action="store_true",
+        help="use a tiny random-weight model: checks the plumbing only, the frames are noise",
+    )
+    parser.add_argument("--frames", type=int, default=8, help="N frames to animate (multiple of 4)")
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _model_for_demo(args: argparse.Namespace, out: Path) -> str | None:
+    if args.model:
+        return str(args.model)
+    from ..loading import DEFAULT_MODEL_DIR
+
+    if (DEFAULT_MODEL_DIR / "model_index.json").is_file() and not args.untrained:
+        return None  # the server's default
+    if not args.untrained:
+        print(
+            "frameprompt demo: the embedded default model is not installed in this build; running with an "
+            "UNTRAINED tiny model, so the animation path runs end to end but the frames are noise. "
+            "Pass --model PATH to a Wan2.1 I2V checkpoint for real results.",
+            file=sys.stderr,
+        )
+    path = out / "untrained-model"
+    if not (path / "model_index.json").is_file():
+        # Built in a child process: this process is Blender's and never loads torch.
+        code = "import sys; from frameprompt.testing import tiny_pipeline_dir; tiny_pipeline_dir(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True)
+    return str(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    model = _model_for_demo(args, out)
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    command = [sys.executable, "-m", "frameprompt.cli", "serve", "--bind", address, "--jobs-dir", str(out / "jobs")]
+    if model:
+        command += ["--model", model]
+    log = (out / "server.log").open("w")
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    try:
+        return _animate(args, out, address, server)
+    finally:
+        server.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=20)
+        if server.poll() is None:
+            server.kill()
+        log.close()
+
+
+def _animate(args: argparse.Namespace, out: Path, address: str, server: subprocess.Popen) -> int:
+    import bpy
+
+    from frameprompt_blender.blender.batch import run_batch
+    from frameprompt_blender.blender.demo_scene import build_demo_scene
+
+    started = time.perf_counter()
+    bpy.ops.wm.read_homefile(use_empty=True)
+    build_demo_scene()
+    scene = bpy.context.scene
+    try:
+        paths = run_batch(
+            scene,
+            server_address=address,
+            out_dir=out,
+            num_frames=args.frames,
+            width=args.width,
+            height=args.height,
+            steps=args.steps,
+            seed=args.seed,
+            save_blend_path=out / "demo.blend",
+            render_mp4=True,
+            connect_timeout=120.0,
+        )
+    except Exception as error:  # the add-on's own errors carry a message meant for users
+        print(f"frameprompt demo: {error}\n  server log: {out / 'server.log'}", file=sys.stderr)
+        return 1
+    print(f"frameprompt demo: done in {time.perf_counter() - started:.0f}s")
+    for key in ("frames_dir", "video", "blend"):
+        print(f"  {key}: {paths.get(key)}")
+    return 0
