@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
-from frameprompt.errors import FramePromptError
 
+from frameprompt.errors import FramePromptError
 from frameprompt_blender.core import protocol as P
 
 from .jobqueue import JobQueue
@@ -312,8 +312,14 @@ class Worker(threading.Thread):
                 "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
             )
         except JobCancelled:
-            log.info("job %s cancelled", job_id)
-            self._fail(job_id, "cancelled", "cancelled", "the job was cancelled")
+            if self.stop_event.is_set():
+                log.info("job %s interrupted by the server stopping", job_id)
+                self._fail(
+                    job_id, "interrupted", "interrupted", "the server stopped while this job was running"
+                )
+            else:
+                log.info("job %s cancelled", job_id)
+                self._fail(job_id, "cancelled", "cancelled", "the job was cancelled")
         except P.ProtocolError as exc:
             log.info("job %s rejected: %s", job_id, exc.message)
             self._fail(job_id, "failed", exc.code, exc.message, exc.hint)
