@@ -132,3 +132,29 @@ def test_prompt_goes_through_the_text_encoder_padded_with_zeros_to_512():
     a = _run(p, n=4, steps=2, prompt="a knight walks", guidance_scale=4.0, output_type="np").frames
     b = _run(p, n=4, steps=2, prompt="a knight dances", guidance_scale=4.0, output_type="np").frames
     assert a.shape == (1, 4, 32, 32, 3) and not np.array_equal(a, b)
+
+
+def test_a_lighter_vae_changes_the_numbers_not_the_code():
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from frameprompt.pipeline import default_scheduler
+    from frameprompt.testing import TINY_TRANSFORMER
+
+    torch.manual_seed(0)
+    # 4x spatial, no temporal compression: every frame has its own latent.
+    vae = AutoencoderKLWan(
+        base_dim=3,
+        z_dim=16,
+        dim_mult=[1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, False],
+        scale_factor_temporal=1,
+        scale_factor_spatial=4,
+    )
+    transformer = WanTransformer3DModel(**{**TINY_TRANSFORMER, "in_channels": 16 + 1 + 16})
+    p = FramePromptPipeline(vae=vae, transformer=transformer, scheduler=default_scheduler())
+    p.set_progress_bar_config(disable=True)
+    layout = method.SequenceLayout.for_models(4, 32, 32, vae, transformer)
+    assert (layout.latent_frames, layout.context_latent_frames, layout.latent_size) == (9, 5, (8, 8))
+    frames = _run(p, n=4, steps=2, output_type="np").frames
+    assert frames.shape == (1, 4, 32, 32, 3)

@@ -17,6 +17,7 @@ Inference:                      `model_input`, `join_sequence` (the pipeline's l
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from .errors import LayoutError
 
 LossMode = Literal["target", "all"]
+WAN_ENCODER_CHUNK = 4
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,10 @@ class SequenceLayout:
         height, width: pixel size of every frame.
         temporal_factor, spatial_factor: the VAE's compression (`scale_factor_temporal/spatial`).
         patch_size: the transformer's `(t, h, w)` patch size.
+        carried_frames: the first `carried_frames` target frames are given, not generated (a window
+            continuing the previous one, see `frameprompt.windows`): they join the context, so the
+            given frames stay one contiguous prefix `[reference | skeleton | carried]`. A multiple of
+            T below N; 0 (the paper's layout) by default.
     """
 
     num_frames: int
@@ -45,14 +51,17 @@ class SequenceLayout:
     temporal_factor: int = 4
     spatial_factor: int = 8
     patch_size: tuple[int, int, int] = (1, 2, 2)
+    carried_frames: int = 0
 
     def __post_init__(self) -> None:
-        n, t = self.num_frames, self.temporal_factor
+        # diffusers' AutoencoderKLWan encodes frame 0, then chunks of 4 frames, whatever its temporal
+        # compression: the given frames (1 + N) only encode whole when N is a multiple of 4 too.
+        n, t = self.num_frames, math.lcm(self.temporal_factor, WAN_ENCODER_CHUNK)
         if n < t or n % t:
             nearest = max(t, t * round(n / t))
             raise LayoutError(
-                f"N={n} skeleton frames does not fit the VAE's {t}x temporal compression: "
-                f"N must be a positive multiple of {t}",
+                f"N={n} skeleton frames does not fit the VAE ({self.temporal_factor}x temporal "
+                f"compression, {WAN_ENCODER_CHUNK}-frame encoder chunks): N must be a positive multiple of {t}",
                 f"use N={nearest} (the nearest valid value)",
             )
         multiple = self.spatial_factor * self.patch_size[1]
@@ -64,9 +73,17 @@ class SequenceLayout:
                     f"times patch {self.patch_size[1]})",
                     f"use {name}={nearest}",
                 )
+        c = self.carried_frames
+        if c < 0 or c >= n or c % t:
+            raise LayoutError(
+                f"{c} carried frames: must be a multiple of {t} (whole latent frames) below N={n}",
+                f"use an overlap that is a multiple of {t} and smaller than the window",
+            )
 
     @classmethod
-    def for_models(cls, num_frames: int, height: int, width: int, vae, transformer) -> SequenceLayout:
+    def for_models(
+        cls, num_frames: int, height: int, width: int, vae, transformer, carried_frames: int = 0
+    ) -> SequenceLayout:
         """The layout of a diffusers `AutoencoderKLWan` + `WanTransformer3DModel` pair."""
         return cls(
             num_frames,
@@ -75,6 +92,7 @@ class SequenceLayout:
             temporal_factor=int(vae.config.scale_factor_temporal),
             spatial_factor=int(vae.config.scale_factor_spatial),
             patch_size=tuple(transformer.config.patch_size),
+            carried_frames=carried_frames,
         )
 
     @property
@@ -89,8 +107,8 @@ class SequenceLayout:
 
     @property
     def context_latent_frames(self) -> int:
-        """Lc = 1 + N/T: reference + skeleton latents."""
-        return 1 + self.num_frames // self.temporal_factor
+        """Lc = 1 + N/T: reference + skeleton latents (+ carried/T when continuing a window)."""
+        return 1 + (self.num_frames + self.carried_frames) // self.temporal_factor
 
     @property
     def target_latent_frames(self) -> int:
@@ -116,14 +134,14 @@ class SequenceLayout:
 
     @property
     def target_pixel_slice(self) -> slice:
-        """Where the N generated frames sit among the F decoded pixel frames."""
+        """Where the N target frames (carried ones included) sit among the F decoded pixel frames."""
         return slice(1 + self.num_frames, 1 + 2 * self.num_frames)
 
 
 def build_context_mask(
     layout: SequenceLayout, batch_size: int = 1, device=None, dtype=torch.float32
 ) -> torch.Tensor:
-    """The binary mask M: 1 on given frames (reference + skeleton), 0 on target frames.
+    """The binary mask M: 1 on given frames (reference + skeleton + carried), 0 on target frames.
 
     Wan's I2V "first-frame trick": the pixel-frame mask is taken to latent resolution by repeating
     frame 0 T times and folding each group of T pixel frames into T channels, so channel c of latent
@@ -134,25 +152,33 @@ def build_context_mask(
     t = layout.temporal_factor
     h, w = layout.latent_size
     given = torch.zeros(layout.pixel_frames, device=device, dtype=dtype)
-    given[: 1 + layout.num_frames] = 1
+    given[: 1 + layout.num_frames + layout.carried_frames] = 1
     per_frame = torch.cat([given[:1].repeat(t), given[1:]])  # (T * L,)
     mask = per_frame.view(layout.latent_frames, t).transpose(0, 1)  # (T, L)
     return mask[None, :, :, None, None].expand(batch_size, t, layout.latent_frames, h, w).contiguous()
 
 
-def condition_pixels(reference: torch.Tensor, skeleton: torch.Tensor) -> torch.Tensor:
+def condition_pixels(
+    reference: torch.Tensor, skeleton: torch.Tensor, carried: torch.Tensor | None = None
+) -> torch.Tensor:
     """The condition video of the I2V convention: given frames, then zero pixels for the target.
 
-    Args: reference (B, 3, 1, H, W) and skeleton (B, 3, N, H, W) in [-1, 1].
+    Args: reference (B, 3, 1, H, W), skeleton (B, 3, N, H, W) and optionally the carried frames
+        (B, 3, C, H, W) that open the target, all in [-1, 1].
     Returns: (B, 3, 1 + 2N, H, W); encoding it gives the condition latents.
     """
-    return torch.cat([reference, skeleton, torch.zeros_like(skeleton)], dim=2)
+    unknown = skeleton.shape[2] - (0 if carried is None else carried.shape[2])
+    zeros = torch.zeros_like(skeleton[:, :, :unknown])
+    return torch.cat([context_pixels(reference, skeleton, carried), zeros], dim=2)
 
 
-def context_pixels(reference: torch.Tensor, skeleton: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 1 + N, H, W): the given frames. The Wan VAE is causal, so their latents are exactly
+def context_pixels(
+    reference: torch.Tensor, skeleton: torch.Tensor, carried: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, 3, 1 + N + C, H, W): the given frames. The Wan VAE is causal, so their latents are exactly
     the first Lc latents of the whole sequence."""
-    return torch.cat([reference, skeleton], dim=2)
+    parts = [reference, skeleton] if carried is None else [reference, skeleton, carried]
+    return torch.cat(parts, dim=2)
 
 
 def latent_zero_condition(context_latents: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
