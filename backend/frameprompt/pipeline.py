@@ -3,11 +3,14 @@
 prepare:  reference + skeleton frames -> VAE -> clean context latents, condition latents, mask
 loop:     denoise the target latents only; the clean context is re-inserted at every step
 decode:   context + target together, keep the N target frames
+
+Cache mode (`context_cache=`, see `frameprompt.context_cache`): block-causal attention with the
+context at timestep 0, the context's K/V computed once per CFG branch, each step running only the
+target tokens. Any number of frames: `generate_long` (windows, see `frameprompt.windows`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,13 @@ from diffusers.video_processor import VideoProcessor
 from safetensors.torch import load_file, save_file
 
 from . import method
-from .errors import FramePromptError, InputError
+from .context_cache import (
+    block_causal_attention,
+    cached_forward,
+    extract_context_cache,
+    trained_with_context_cache,
+)
+from .errors import FramePromptError, IncompatibleModelError, InputError
 from .method import SequenceLayout
 from .vae_io import decode_target_frames, encode_video
 
@@ -47,9 +56,13 @@ class GenerationCancelled(FramePromptError):
 
 @dataclass
 class FramePromptPipelineOutput(BaseOutput):
-    """frames: list of B lists of N PIL images, or an array/tensor (B, N, H, W, 3) / (B, N, 3, H, W)."""
+    """frames: list of B lists of N PIL images, or an array/tensor (B, N, H, W, 3) / (B, N, 3, H, W).
+
+    approximate: True when cache mode ran on a model not trained with it (`allow_approximate=True`).
+    """
 
     frames: Any
+    approximate: bool = False
 
 
 def default_scheduler() -> UniPCMultistepScheduler:
@@ -130,7 +143,8 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
     # --- inputs ------------------------------------------------------------------------------
     def _frames_to_tensor(self, frames: list, height: int, width: int) -> torch.Tensor:
-        """PIL/np frames -> (1, 3, F, H, W) in [-1, 1], resized to height x width."""
+        """PIL frames or float np frames (H, W, 3) in [0, 1] -> (1, 3, F, H, W) in [-1, 1], resized
+        to height x width."""
         pixels = self.video_processor.preprocess(list(frames), height=height, width=width)  # (F, 3, H, W)
         return pixels.permute(1, 0, 2, 3).unsqueeze(0)
 
@@ -180,6 +194,9 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         guidance_scale: float = 5.0,
         generator: torch.Generator | None = None,
         latent_zero_condition: bool = False,
+        context_cache: bool | None = None,
+        allow_approximate: bool = False,
+        given_frames: list[PIL.Image.Image] | list[np.ndarray] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
@@ -198,6 +215,14 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             guidance_scale: text CFG scale (only used with a prompt or prompt_embeds).
             latent_zero_condition: zeros in latent space for the target's condition latents instead
                 of encoded zero pixels.
+            context_cache: cache mode (block-causal attention, context at timestep 0, context K/V
+                computed once per CFG branch). None: on if the model was trained with it
+                (`context_cache.trained_with_context_cache`). False on such a model still runs it
+                block-causal, without the cache. True on a model trained without it raises unless
+                `allow_approximate=True`, which runs it and sets `output.approximate`.
+            given_frames: continue a previous window: the first len(given_frames) target frames are
+                given (mask 1, part of the context) instead of generated; a multiple of T below N.
+                The output still has N frames, the given ones passed through the VAE.
             callback_on_step_end: called after every step as `fn(pipe, i, t, {"latents": target})`;
                 set `pipe._interrupt = True` in it to cancel (raises `GenerationCancelled`).
             output_type: "pil", "np" ((B, N, H, W, 3) in [0, 1]), "pt" ((B, N, 3, H, W)) or "latent".
@@ -210,7 +235,14 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         poses = [_as_pil(p) for p in pose_frames]
         if height is None or width is None:
             width, height = reference.size
-        layout = SequenceLayout.for_models(len(poses), height, width, self.vae, self.transformer)
+        # float arrays stay unquantised, so carried frames are exactly the previous window's output
+        carried = [
+            f if isinstance(f, np.ndarray) and f.dtype.kind == "f" else _as_pil(f) for f in given_frames or []
+        ]
+        layout = SequenceLayout.for_models(
+            len(poses), height, width, self.vae, self.transformer, carried_frames=len(carried)
+        )
+        block_causal, use_cache, approximate = self._cache_mode(context_cache, allow_approximate)
         device = self._execution_device
         dtype = self.transformer.dtype
 
@@ -225,11 +257,13 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         # 2. the sequence: clean context, condition latents, mask (Section 3.3)
         ref_px = self._frames_to_tensor([reference], height, width)
         pose_px = self._frames_to_tensor(poses, height, width)
-        context = encode_video(self.vae, method.context_pixels(ref_px, pose_px)).to(device, dtype)
+        given_px = self._frames_to_tensor(carried, height, width) if carried else None
+        context = encode_video(self.vae, method.context_pixels(ref_px, pose_px, given_px)).to(device, dtype)
         if latent_zero_condition:
             condition = method.latent_zero_condition(context, layout)
         else:
-            condition = encode_video(self.vae, method.condition_pixels(ref_px, pose_px)).to(device, dtype)
+            condition_px = method.condition_pixels(ref_px, pose_px, given_px)
+            condition = encode_video(self.vae, condition_px).to(device, dtype)
         mask = method.build_context_mask(layout, 1, device, dtype)
         h, w = layout.latent_size
         latents = randn_tensor(
@@ -243,21 +277,39 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         lc = layout.context_latent_frames
-        with self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
+        branches = {"cond": text, "uncond": negative_text} if do_cfg else {"cond": text}
+        with block_causal_attention(self.transformer, layout, enabled=block_causal):
+            caches = {}
+            if use_cache:  # the context's K/V, once per CFG branch
+                context_input = method.model_input(context, mask[:, :, :lc], condition[:, :, :lc])
+                caches = {
+                    name: extract_context_cache(self.transformer, context_input, embeds, clip)
+                    for name, embeds in branches.items()
+                }
+
+            def predict(latents: torch.Tensor, t: torch.Tensor, branch: str) -> torch.Tensor:
+                """The velocity of the target latents."""
+                if use_cache:
+                    x = method.model_input(latents, mask[:, :, lc:], condition[:, :, lc:])
+                    return cached_forward(self.transformer, x, t.to(device), caches[branch])
                 x = method.model_input(method.join_sequence(context, latents), mask, condition)
-                timestep = method.timestep_for(t.to(device), layout, batch_size=1)
-                velocity = self._predict(x, timestep, text, clip)
-                if do_cfg:
-                    uncond = self._predict(x, timestep, negative_text, clip)
-                    velocity = uncond + guidance_scale * (velocity - uncond)
-                latents = self.scheduler.step(velocity[:, :, lc:], t, latents, return_dict=False)[0]
-                if callback_on_step_end is not None:
-                    outputs = callback_on_step_end(self, i, t, {"latents": latents})
-                    latents = outputs.pop("latents", latents)
-                progress.update()
-                if self.interrupt:
-                    raise GenerationCancelled(f"generation cancelled after step {i + 1}/{len(timesteps)}")
+                timestep = method.timestep_for(t.to(device), layout, batch_size=1, per_token=block_causal)
+                return self._predict(x, timestep, branches[branch], clip)[:, :, lc:]
+
+            with self.progress_bar(total=len(timesteps)) as progress:
+                for i, t in enumerate(timesteps):
+                    velocity = predict(latents, t, "cond")
+                    if do_cfg:
+                        uncond = predict(latents, t, "uncond")
+                        velocity = uncond + guidance_scale * (velocity - uncond)
+                    latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                    if callback_on_step_end is not None:
+                        outputs = callback_on_step_end(self, i, t, {"latents": latents})
+                        latents = outputs.pop("latents", latents)
+                    progress.update()
+                    if self.interrupt:
+                        raise GenerationCancelled(f"generation cancelled after step {i + 1}/{len(timesteps)}")
+            caches.clear()
 
         if output_type == "latent":
             frames: Any = latents
@@ -267,7 +319,42 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)  # type: ignore[return-value]  # diffusers' return_dict=False convention
-        return FramePromptPipelineOutput(frames=frames)
+        return FramePromptPipelineOutput(frames=frames, approximate=approximate)
+
+    def generate_long(
+        self,
+        reference_image: PIL.Image.Image | np.ndarray,
+        pose_frames: list[PIL.Image.Image] | list[np.ndarray],
+        window_frames: int = 40,
+        overlap_frames: int = 8,
+        output_type: str = "pil",
+        **kwargs: Any,
+    ) -> FramePromptPipelineOutput:
+        """Any number of frames, window by window (`frameprompt.windows`).
+
+        Each window after the first keeps the reference and carries the last `overlap_frames`
+        frames generated so far as given frames. Returns exactly len(pose_frames) frames. Other
+        arguments are those of `__call__` (`generator` is shared by the windows).
+        """
+        from .windows import generate_long
+
+        return generate_long(
+            self, reference_image, pose_frames, window_frames, overlap_frames, output_type, **kwargs
+        )
+
+    def _cache_mode(self, context_cache: bool | None, allow_approximate: bool) -> tuple[bool, bool, bool]:
+        """(block-causal attention, K/V cache, approximate) for this model and request."""
+        trained = trained_with_context_cache(self.transformer)
+        use_cache = trained if context_cache is None else bool(context_cache)
+        if use_cache and not trained and not allow_approximate:
+            raise IncompatibleModelError(
+                "cache mode was requested but this model was not trained with it (block-causal "
+                "attention, context at timestep 0): its context K/V change with every step, so a cache "
+                "would only approximate it",
+                "drop context_cache / --context-cache, use a model fine-tuned with --context-cache, or "
+                "pass allow_approximate=True to run it anyway (the output is labelled approximate)",
+            )
+        return trained or use_cache, use_cache, use_cache and not trained
 
     def _predict(
         self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, clip: torch.Tensor | None
@@ -312,6 +399,3 @@ def _as_pil(frame: PIL.Image.Image | np.ndarray) -> PIL.Image.Image:
         array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
     return PIL.Image.fromarray(array).convert("RGB")
 
-
-def round_to_multiple(value: float, multiple: int = 16) -> int:
-    return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
