@@ -1,0 +1,163 @@
+"""Long animations: any number of frames, generated window by window.
+
+One FramePrompt window is `[reference | N skeleton frames | N target frames]`; the paper's N is 40,
+and the sequence (hence memory and time) grows with N. A longer animation of M frames is split
+into windows that each keep the reference and continue the previous one:
+
+    window k:  pixel frames [ reference | poses s..s+N-1 | carried (C) + new (N-C) ]
+               mask         [    1      |       1        |   1 ... 1   0 ... 0    ]
+
+- Target position j of a window is global frame s + j, and skeleton frame j is that frame's pose,
+  so the pose <-> target alignment the model was trained on is unchanged.
+- The first C = `overlap` target frames are the last C frames already generated (the previous
+  window's output, in pixels, float, not re-quantised). They are *given* frames: mask 1, their
+  pixels in the condition video, their VAE latents put in clean at every step, as the reference
+  and skeleton are. C is a multiple of the VAE's T (4), so carried frames fill whole latent frames
+  and no latent is half given, half generated.
+- The given frames `[reference | skeleton | carried]` stay one contiguous prefix, so the carried
+  frames simply extend the context (`SequenceLayout(carried_frames=C)`): everything downstream
+  (mask, selective noise, per-token timestep 0, block-causal attention and the K/V cache, decoding)
+  follows from the layout. In cache mode the carried frames are cached with the rest of the context.
+- Carrying pixels rather than the previous window's latents: the Wan VAE is causal, so the same
+  frames get other latents after other frames; re-encoding them in this window's sequence is what
+  a given frame is everywhere else in FramePrompt (and in Wan's I2V masking).
+- Stitching keeps, from each window, only its N - C new frames; the carried positions come from
+  the window that generated them. Every frame 0..M-1 is generated exactly once.
+- The last window is shortened to the smallest multiple of T that holds C + the remaining frames;
+  if M (or the remainder) is not a multiple of T, the last pose is repeated for the few padding
+  frames and their output is dropped. So any M >= 1 works; M <= N is one window.
+
+Cost: ceil((M - C) / (N - C)) windows, each a full generation; a larger overlap gives more
+continuity and more windows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .errors import LayoutError
+
+if TYPE_CHECKING:
+    from .pipeline import FramePromptPipeline, FramePromptPipelineOutput
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window: target position j is global frame `start + j`.
+
+    start: global index of its first target frame (the first carried frame, if any).
+    num_frames: N of its layout (a multiple of T); poses past the animation's end are padding.
+    carried: how many leading target frames are given (the previous windows' output).
+    new_frames: how many frames it adds to the animation (from position `carried` on).
+    """
+
+    index: int
+    start: int
+    num_frames: int
+    carried: int
+    new_frames: int
+
+    @property
+    def new_slice(self) -> slice:
+        """Its new frames, as positions inside the window."""
+        return slice(self.carried, self.carried + self.new_frames)
+
+    @property
+    def global_new(self) -> range:
+        """Its new frames, as global frame indices."""
+        return range(self.start + self.carried, self.start + self.carried + self.new_frames)
+
+
+def plan_windows(
+    total_frames: int, window_frames: int = 40, overlap_frames: int = 8, temporal_factor: int = 4
+) -> list[Window]:
+    """Split `total_frames` into windows of at most `window_frames`, overlapping by `overlap_frames`.
+
+    window_frames and overlap_frames must be multiples of `temporal_factor`, with
+    0 <= overlap < window. The windows' new frames cover 0..total-1 once each, in order.
+    """
+    t = temporal_factor
+    if total_frames < 1:
+        raise LayoutError(f"{total_frames} frames requested", "ask for at least one frame")
+    if window_frames < t or window_frames % t:
+        raise LayoutError(
+            f"window of {window_frames} frames is not a positive multiple of {t}",
+            f"use a window of {max(t, t * round(window_frames / t))} frames",
+        )
+    if overlap_frames < 0 or overlap_frames % t or overlap_frames >= window_frames:
+        raise LayoutError(
+            f"overlap of {overlap_frames} frames: must be a multiple of {t} below the window ({window_frames})",
+            f"use an overlap of {min(window_frames - t, t * max(0, round(overlap_frames / t)))} frames",
+        )
+    windows: list[Window] = []
+    done = 0
+    while done < total_frames:
+        carried = overlap_frames if windows else 0
+        carried = min(carried, done)
+        remaining = total_frames - done
+        size = min(window_frames, t * math.ceil((carried + remaining) / t))
+        windows.append(Window(len(windows), done - carried, size, carried, min(size - carried, remaining)))
+        done += windows[-1].new_frames
+    return windows
+
+
+def window_poses(pose_frames: list, window: Window) -> list:
+    """The window's N skeleton frames; positions past the end repeat the last pose (padding)."""
+    last = len(pose_frames) - 1
+    return [pose_frames[min(window.start + j, last)] for j in range(window.num_frames)]
+
+
+def generate_long(
+    pipe: FramePromptPipeline,
+    reference_image: PIL.Image.Image | np.ndarray,
+    pose_frames: list[PIL.Image.Image] | list[np.ndarray],
+    window_frames: int = 40,
+    overlap_frames: int = 8,
+    output_type: str = "pil",
+    **kwargs: Any,
+) -> FramePromptPipelineOutput:
+    """`FramePromptPipeline.generate_long`: exactly len(pose_frames) frames, window by window.
+
+    kwargs go to every window's `pipe(...)` call (prompt, steps, guidance, generator, context_cache,
+    ...). output_type: "pil", "np" ((1, M, H, W, 3) in [0, 1]) or "pt" ((1, M, 3, H, W)).
+    """
+    from .pipeline import FramePromptPipelineOutput
+
+    if output_type not in ("pil", "np", "pt"):
+        raise ValueError(
+            f"generate_long returns pixels: output_type must be pil, np or pt, not {output_type!r}"
+        )
+    for name in ("given_frames", "return_dict"):
+        if name in kwargs:
+            raise TypeError(f"generate_long sets {name} itself")
+    plan = plan_windows(
+        len(pose_frames), window_frames, overlap_frames, int(pipe.vae.config.scale_factor_temporal)
+    )
+    frames: list[np.ndarray] = []  # global frames generated so far, (H, W, 3) float in [0, 1]
+    approximate = False
+    for window in plan:
+        assert window.start + window.carried == len(frames)
+        given = frames[window.start : window.start + window.carried]
+        out = pipe(
+            reference_image,
+            window_poses(pose_frames, window),
+            given_frames=given or None,
+            output_type="np",
+            **kwargs,
+        )
+        frames.extend(out.frames[0][window.new_slice])
+        approximate = approximate or out.approximate
+    video = np.stack(frames)[None]  # (1, M, H, W, 3)
+    if output_type == "np":
+        result: Any = video
+    elif output_type == "pt":
+        result = torch.from_numpy(video).permute(0, 1, 4, 2, 3)
+    else:
+        result = [pipe.video_processor.numpy_to_pil(video[0])]
+    return FramePromptPipelineOutput(frames=result, approximate=approximate)
