@@ -594,3 +594,35 @@ def test_curve_keys_admit_known_clients_and_reject_others(tmp_path, make_server,
     with pytest.raises(ServerUnavailable) as info:
         plain.hello()
     assert info.value.code == "server_unavailable"
+
+
+def test_openpose_json_poses_are_drawn_by_the_worker(make_server, clients) -> None:
+    pytest.importorskip("frameprompt_blender.core.openpose_json", reason="openpose_json is not written yet")
+    pytest.importorskip("frameprompt_blender.core.openpose_draw", reason="openpose_draw is not written yet")
+    seen: list[tuple[int, int]] = []
+
+    def factory(device: str):
+        def run(job: JobSpec, ctx: RunContext) -> list[Image.Image]:
+            seen.extend(p.size for p in job.poses)
+            return [p.copy() for p in job.poses]
+
+        return run
+
+    server = make_server(factory)
+    client = clients(server.address)
+    keypoints = []
+    for i in range(18):
+        keypoints += [4.0 + i, 4.0 + i, 1.0]
+    pose = json.dumps(
+        {"people": [{"pose_keypoints_2d": keypoints}], "canvas_width": 32, "canvas_height": 24}
+    ).encode()
+    result = client.submit(png((32, 24)), [pose, pose], pose_format="openpose_json").result(10)
+    assert seen == [(32, 24), (32, 24)]
+    drawn = Image.open(io.BytesIO(result.frames[0]))
+    assert drawn.getbbox() is not None  # something was drawn
+    bad = client.submit(
+        png((32, 24)), [b'{"people": [{"pose_keypoints_2d": "x"}]}'], pose_format="openpose_json"
+    )
+    with pytest.raises(RemoteError) as info:
+        bad.result(10)
+    assert info.value.code in ("bad_pose", "bad_input")

@@ -321,6 +321,8 @@ class FramePromptClient:
         self._closed.set()
         self._wake()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self._fail_leftover_commands()  # a call that raced with close()
         for s in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 s.close()
@@ -409,6 +411,7 @@ class FramePromptClient:
         finally:
             self._closed.set()
             self._fail_all(P.ProtocolError("closed", "the FramePrompt client was closed"), remote=False)
+            self._fail_leftover_commands()
             if monitor is not None:
                 with contextlib.suppress(Exception):
                     sock.disable_monitor()
@@ -448,6 +451,18 @@ class FramePromptClient:
                     self._outbox.append((P.build_heartbeat(list(self._jobs)), None))
                     self._flush(sock)
             self._check_timeouts(now, busy)
+
+    def _fail_leftover_commands(self) -> None:
+        err = P.ProtocolError("closed", "the FramePrompt client was closed")
+        while True:
+            try:
+                kind, arg = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "request" and not arg[2].done():
+                arg[2].set_exception(err)
+            elif kind in ("submit", "fetch") and not arg[1].done():
+                arg[1]._push(ClientEvent("error", {**err.fields(), "remote": False}, job=arg[1]))
 
     def _take_commands(self) -> None:
         while True:

@@ -20,7 +20,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from frameprompt.errors import FramePromptError
-from frameprompt_blender.core.protocol import check_name, is_loopback_address
+from frameprompt_blender.core.protocol import ProtocolError, check_name, is_loopback_address
 
 
 class InsecureBindError(FramePromptError, ValueError):
@@ -97,7 +97,10 @@ def create_keys(out: str | os.PathLike, clients: list[str]) -> list[Path]:
         os.chmod(sec, 0o600)
         written += [Path(pub), Path(sec)]
     for name in clients:
-        check_name(name, "client name")
+        try:
+            check_name(name, "client name")
+        except ProtocolError as exc:
+            raise KeysError(exc.message, exc.hint) from None
         if name == "server":
             raise KeysError("'server' is reserved", "pick another client name")
         client_dir = out / name
