@@ -37,7 +37,7 @@ JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 TERMINAL_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
 
 # Progress phases, in the order a job goes through them.
-PHASES = ("queued", "loading", "preparing", "denoising", "decoding", "saving")
+PHASES = ("queued", "preparing", "loading", "denoising", "decoding", "saving")
 
 POSE_FORMATS = ("png", "openpose_json")
 
