@@ -169,11 +169,10 @@ def test_overfitting_one_fixed_batch_makes_the_loss_fall(tiny_model_dir, two_cli
     transformer = WanTransformer3DModel.from_pretrained(tiny_model_dir, subfolder="transformer")
     transformer.requires_grad_(False)
     add_lora(transformer, rank=8, alpha=8)
-    transformer.enable_gradient_checkpointing()
     transformer.train()
-    optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=1e-2)
+    optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=2e-2)
     losses = []
-    for _ in range(40):
+    for _ in range(25):
         loss, _ = training_loss(transformer, batch, layout, torch.Generator().manual_seed(7))
         loss.backward()
         optimizer.step()
