@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         )
         try:
             server.wait_ready()
-        except FramePromptError as exc:
+        except Exception as exc:  # noqa: BLE001 - FramePromptError says what to do; others at least say what
             print(f"frameprompt serve: the model did not load: {exc}", file=sys.stderr)
             return 1
         print(f"frameprompt: ready on {server.address}", flush=True)

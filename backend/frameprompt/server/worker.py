@@ -171,13 +171,12 @@ def pose_json_to_image(data: bytes, width: int, height: int, limits: P.Limits, w
 
     doc = P.check_pose_json(data, limits, what)
     try:
-        from frameprompt_blender.core.openpose_draw import draw_pose
-        from frameprompt_blender.core.openpose_json import pose_from_openpose_dict
+        from frameprompt_blender.core import openpose_draw, openpose_json
     except ImportError as exc:  # the drawing module is part of the project; this is a broken install
         raise FramePromptError(f"OpenPose drawing is unavailable: {exc}", "reinstall frameprompt") from None
     try:
-        pose = pose_from_openpose_dict(doc)
-        array = draw_pose(pose, width, height)
+        pose = openpose_json.pose_from_openpose_dict(doc, what, canvas_size=(width, height))
+        array = openpose_draw.draw_pose(pose, width, height)
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise P.ProtocolError("bad_pose", f"{what}: {str(exc)[:200]}") from None
     return Image.fromarray(array).convert("RGB")
@@ -228,11 +227,15 @@ class Worker(threading.Thread):
     def _send(self, kind: bytes, job_id: str, frames: Sequence[bytes] = ()) -> None:
         with self._lock:
             assert self._sock is not None
-            self._sock.send_multipart([kind, job_id.encode(), *frames], copy=len(frames) < 4)
+            try:
+                self._sock.send_multipart([kind, job_id.encode(), *frames], copy=len(frames) < 4)
+            except zmq.ZMQError as exc:  # the I/O loop has stopped; the state on disk is what counts
+                log.warning("job %s: could not report %s to the I/O loop: %s", job_id, kind.decode(), exc)
 
     def run(self) -> None:
         self._sock = self.context.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.LINGER, 2000)
+        self._sock.setsockopt(zmq.SNDTIMEO, 5000)  # never block forever once the I/O loop is gone
         self._sock.connect(self.events_address)
         try:
             try:
