@@ -192,3 +192,20 @@ def test_full_finetune_saves_a_loadable_model_folder(tiny_model_dir, two_clips, 
     assert json.loads((result.output / TRAINING_INFO).read_text())["kind"] == "full"
     reference, poses = demo_inputs(num_frames=4, size=32)
     assert pipe(reference, poses, num_inference_steps=2, output_type="np").frames.shape == (1, 4, 32, 32, 3)
+
+
+def test_context_cache_training_marks_the_result(tiny_model_dir, two_clips, tmp_path):
+    pytest.importorskip("frameprompt.context_cache")
+    from diffusers import WanTransformer3DModel
+    from frameprompt.context_cache import apply_training_info, trained_with_context_cache
+
+    trainer = Trainer(
+        _config(
+            two_clips, tiny_model_dir, tmp_path / "out", max_steps=2, checkpoint_every=10, context_cache=True
+        )
+    )
+    result = trainer.run()
+    assert all(np.isfinite(result.losses))
+    assert type(trainer.transformer.blocks[0].attn1.processor).__name__ == "BlockCausalWanSelfAttnProcessor"
+    transformer = WanTransformer3DModel.from_pretrained(tiny_model_dir, subfolder="transformer")
+    assert apply_training_info(transformer, result.output) and trained_with_context_cache(transformer)

@@ -200,6 +200,12 @@ def _check_clip(path: Path, temporal_factor: int, spatial_multiple: int) -> Clip
                         "(OpenPose body-18 x,y,confidence)"
                     )
                     break
+                canvas = (int(pose.canvas_width), int(pose.canvas_height))
+                if canvas != (width, height):
+                    reasons.append(
+                        f"pose {index:04d} is drawn on a {canvas[0]}x{canvas[1]} canvas, meta.json says {width}x{height}"
+                    )
+                    break
     if reasons:
         return reasons
     return ClipInfo(
@@ -472,7 +478,7 @@ def write_clip(
 
         (folder / POSE_DIR).mkdir(exist_ok=True)
         for i, pose in enumerate(poses):
-            write_pose_json(pose, folder / POSE_DIR / f"{i:04d}_keypoints.json")
+            write_pose_json(folder / POSE_DIR / f"{i:04d}_keypoints.json", pose)
     meta = {
         "fps": fps,
         "width": reference.width,

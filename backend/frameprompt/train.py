@@ -240,9 +240,12 @@ class Trainer:
         set_seed(c.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         pipe = self._load_pipeline(acc.device)
+        temporal = int(pipe.vae.config.scale_factor_temporal)
+        if hasattr(SequenceLayout, "frame_multiple"):
+            temporal = SequenceLayout.frame_multiple(temporal)
         clips = load_dataset(
             c.data,
-            temporal_factor=int(pipe.vae.config.scale_factor_temporal),
+            temporal_factor=temporal,
             spatial_multiple=int(pipe.vae.config.scale_factor_spatial)
             * int(pipe.transformer.config.patch_size[1]),
         )
@@ -527,6 +530,10 @@ class Trainer:
         if acc.is_main_process:
             info = json.dumps(self._training_info(step), indent=1)
             if self.config.full:
+                if self.config.context_cache:
+                    from .context_cache import mark_trained_with_context_cache
+
+                    mark_trained_with_context_cache(model)
                 self.pipe.transformer = model
                 tmp = self.out / f".tmp-{FULL_MODEL_DIR}"
                 shutil.rmtree(tmp, ignore_errors=True)
