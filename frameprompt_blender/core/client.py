@@ -477,7 +477,7 @@ class FramePromptClient:
                     self._down_since = max(self._down_since, now)
             if kind == "request":
                 frames, rkind, fut, timeout = arg
-                req = P.decode_header(frames[0]).get("req")
+                req = str(P.decode_header(frames[0]).get("req"))
                 self._requests[req] = (rkind, fut, now, timeout)
                 self._outbox.append((frames, req))
             elif kind in ("submit", "fetch"):
@@ -589,7 +589,7 @@ class FramePromptClient:
         if msg.type == "heartbeat":
             self._on_heartbeat(h)
             return
-        if pending is not None and isinstance(pending[1], concurrent.futures.Future):
+        if req is not None and pending is not None and isinstance(pending[1], concurrent.futures.Future):
             self._requests.pop(req, None)
             fut = pending[1]
             if msg.type == "error":
@@ -614,7 +614,9 @@ class FramePromptClient:
             self._outbox.append((P.build_job_request("cancel", h["job_id"], self._new_req()), None))
 
     def _on_heartbeat(self, h: dict[str, Any]) -> None:
-        states = h.get("jobs") if isinstance(h.get("jobs"), dict) else {}
+        states = h.get("jobs")
+        if not isinstance(states, dict):
+            return
         for job_id, state in states.items():
             handle = self._jobs.get(job_id)
             if handle is None or handle.done() or handle._refetch_sent:

@@ -247,16 +247,21 @@ class Server:
         poller.register(events, zmq.POLLIN)
         try:
             while not self._shutdown.is_set():
-                ready = dict(poller.poll(200))
-                if events in ready:
-                    self._drain_events(events)
-                if router in ready:
-                    for _ in range(100):  # bounded, so worker events are not starved
-                        try:
-                            frames = router.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self._handle_request(frames)
+                try:
+                    ready = dict(poller.poll(200))
+                    if events in ready:
+                        self._drain_events(events)
+                    if router in ready:
+                        for _ in range(100):  # bounded, so worker events are not starved
+                            try:
+                                frames = router.recv_multipart(zmq.NOBLOCK)
+                            except zmq.Again:
+                                break
+                            self._handle_request(frames)
+                except zmq.ZMQError:
+                    raise
+                except Exception:  # noqa: BLE001 - one bad event must not stop the server
+                    log.exception("error in the I/O loop; continuing")
             self._shutdown_sequence(events)
         except Exception:  # noqa: BLE001 - log, then let stop() clean up
             log.exception("the I/O loop crashed")
@@ -274,7 +279,7 @@ class Server:
             log.warning("could not send to client %s: %s", identity.hex()[:16], exc)
 
     def _publish(self, job_id: str, frames: list[Any]) -> None:
-        for identity in self._subscribers.get(job_id, ()):
+        for identity in list(self._subscribers.get(job_id, ())):
             self._send(identity, frames)
 
     def _handle_request(self, frames: list[bytes]) -> None:
