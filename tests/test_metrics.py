@@ -165,3 +165,53 @@ def test_comparison_grid_layout():
     assert len(frames) == 4 and frames[0].shape == (32, 4 * 32 + 3 * 2, 3)
     assert np.array_equal(frames[1][:, -32:], gt[1])
     assert metrics.grid_sheet(frames).shape[0] == 4 * 32 + 3 * 2
+
+
+def test_evaluate_command_on_identical_clips(tmp_path, random_alexnet):
+    import json
+    import shutil
+
+    from frameprompt.cli import main
+    from frameprompt.data import synthetic_dataset
+    from frameprompt.i3d import InceptionI3d
+
+    gt = synthetic_dataset(tmp_path / "gt", clips=2, num_frames=12, size=32)
+    pred = tmp_path / "pred"
+    for clip in gt.iterdir():
+        shutil.copytree(clip / "target", pred / clip.name)
+    torch.manual_seed(0)
+    net = InceptionI3d()
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            torch.nn.init.kaiming_normal_(module.weight)
+    i3d = tmp_path / "i3d.ckpt"
+    i3d.write_bytes(pickle.dumps(net.flax_variables()))
+    summary = tmp_path / "means.json"
+    args = ["evaluate", "--pred", str(pred), "--gt", str(gt), "--out", str(tmp_path / "report")]
+    args += ["--json", str(summary), "--lpips-weights", str(random_alexnet), "--i3d-weights", str(i3d)]
+    assert main(args + ["--grids", "1"]) == 0
+    means = json.loads(summary.read_text())
+    assert means["ssim"] == pytest.approx(1.0) and means["psnr"] == 100.0
+    assert means["lpips"] == pytest.approx(0.0, abs=1e-6)
+    assert means["fvd"] == pytest.approx(0.0, abs=1e-6)
+    assert means["settings"]["preset"] == "standard" and means["settings"]["fvd"]["weights_sha256"]
+    report = tmp_path / "report"
+    assert (report / "metrics.csv").read_text().count("\n") == 3
+    assert "| 2 |" in (report / "summary.md").read_text()
+    assert (report / "grid_clip_0000.png").is_file() and (report / "grid_clip_0000.mp4").stat().st_size > 0
+
+    args = [
+        "evaluate",
+        "--pred",
+        str(pred),
+        "--gt",
+        str(gt),
+        "--json",
+        str(summary),
+        "--no-fvd",
+        "--grids",
+        "0",
+    ]
+    assert main(args) == 0
+    means = json.loads(summary.read_text())
+    assert means["lpips"] is None and means["fvd"] is None

