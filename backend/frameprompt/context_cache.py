@@ -140,12 +140,10 @@ class BlockCausalWanSelfAttnProcessor:
             context_key, context_value = self.context_kv
             out = self._attend(query, torch.cat([context_key, key], 1), torch.cat([context_value, value], 1))
         elif 0 < n < query.shape[1]:
+            # contiguous slices: CPU SDPA falls back to a slower kernel on strided ones
+            context = [t[:, :n].contiguous() for t in (query, key, value)]
             out = torch.cat(
-                [
-                    self._attend(query[:, :n], key[:, :n], value[:, :n]),
-                    self._attend(query[:, n:], key, value),
-                ],
-                dim=1,
+                [self._attend(*context), self._attend(query[:, n:].contiguous(), key, value)], dim=1
             )
         else:
             out = self._attend(query, key, value)
@@ -369,6 +367,8 @@ def extract_context_cache(
     _run_blocks(transformer, processors, "extract", hidden_states, text, timestep_proj, rotary_emb)
     layers = []
     for processor in processors:
+        if processor.context_kv is None:
+            raise RuntimeError("a block did not run its self-attention during the extract pass")
         layers.append(processor.context_kv)
         processor.context_kv = None
     return ContextKVCache(

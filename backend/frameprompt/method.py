@@ -56,7 +56,7 @@ class SequenceLayout:
     def __post_init__(self) -> None:
         # diffusers' AutoencoderKLWan encodes frame 0, then chunks of 4 frames, whatever its temporal
         # compression: the given frames (1 + N) only encode whole when N is a multiple of 4 too.
-        n, t = self.num_frames, math.lcm(self.temporal_factor, WAN_ENCODER_CHUNK)
+        n, t = self.num_frames, self.frame_multiple(self.temporal_factor)
         if n < t or n % t:
             nearest = max(t, t * round(n / t))
             raise LayoutError(
@@ -79,6 +79,11 @@ class SequenceLayout:
                 f"{c} carried frames: must be a multiple of {t} (whole latent frames) below N={n}",
                 f"use an overlap that is a multiple of {t} and smaller than the window",
             )
+
+    @staticmethod
+    def frame_multiple(temporal_factor: int) -> int:
+        """N and carried frames must be multiples of this: lcm(T, the encoder's 4-frame chunks)."""
+        return math.lcm(temporal_factor, WAN_ENCODER_CHUNK)
 
     @classmethod
     def for_models(

@@ -398,4 +398,3 @@ def _as_pil(frame: PIL.Image.Image | np.ndarray) -> PIL.Image.Image:
     if array.dtype != np.uint8:
         array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
     return PIL.Image.fromarray(array).convert("RGB")
-

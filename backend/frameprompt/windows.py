@@ -12,8 +12,9 @@ into windows that each keep the reference and continue the previous one:
 - The first C = `overlap` target frames are the last C frames already generated (the previous
   window's output, in pixels, float, not re-quantised). They are *given* frames: mask 1, their
   pixels in the condition video, their VAE latents put in clean at every step, as the reference
-  and skeleton are. C is a multiple of the VAE's T (4), so carried frames fill whole latent frames
-  and no latent is half given, half generated.
+  and skeleton are. C is a multiple of `SequenceLayout.frame_multiple(T)` (4 for Wan2.1), so the
+  carried frames fill whole latent frames and encoder chunks: no latent is half given, half
+  generated.
 - The given frames `[reference | skeleton | carried]` stay one contiguous prefix, so the carried
   frames simply extend the context (`SequenceLayout(carried_frames=C)`): everything downstream
   (mask, selective noise, per-token timestep 0, block-causal attention and the K/V cache, decoding)
@@ -42,6 +43,7 @@ import PIL.Image
 import torch
 
 from .errors import LayoutError
+from .method import SequenceLayout
 
 if TYPE_CHECKING:
     from .pipeline import FramePromptPipeline, FramePromptPipelineOutput
@@ -75,14 +77,14 @@ class Window:
 
 
 def plan_windows(
-    total_frames: int, window_frames: int = 40, overlap_frames: int = 8, temporal_factor: int = 4
+    total_frames: int, window_frames: int = 40, overlap_frames: int = 8, frame_multiple: int = 4
 ) -> list[Window]:
     """Split `total_frames` into windows of at most `window_frames`, overlapping by `overlap_frames`.
 
-    window_frames and overlap_frames must be multiples of `temporal_factor`, with
-    0 <= overlap < window. The windows' new frames cover 0..total-1 once each, in order.
+    window_frames and overlap_frames must be multiples of `frame_multiple`
+    (`SequenceLayout.frame_multiple(T)`, 4 for Wan2.1), with 0 <= overlap < window. The windows' new frames cover 0..total-1 once each, in order.
     """
-    t = temporal_factor
+    t = frame_multiple
     if total_frames < 1:
         raise LayoutError(f"{total_frames} frames requested", "ask for at least one frame")
     if window_frames < t or window_frames % t:
@@ -136,9 +138,8 @@ def generate_long(
     for name in ("given_frames", "return_dict"):
         if name in kwargs:
             raise TypeError(f"generate_long sets {name} itself")
-    plan = plan_windows(
-        len(pose_frames), window_frames, overlap_frames, int(pipe.vae.config.scale_factor_temporal)
-    )
+    multiple = SequenceLayout.frame_multiple(int(pipe.vae.config.scale_factor_temporal))
+    plan = plan_windows(len(pose_frames), window_frames, overlap_frames, multiple)
     frames: list[np.ndarray] = []  # global frames generated so far, (H, W, 3) float in [0, 1]
     approximate = False
     for window in plan:

@@ -1,0 +1,218 @@
+"""Denoising with and without the context K/V cache: speed-up and max difference, side by side.
+
+Same transformer, same seed, same inputs; the paper's layout (1 reference + N=40 skeleton + 40
+target frames, 21 latent frames of which 11 are context). Two runs of FramePromptPipeline's loop:
+
+    uncached  block-causal attention, per-token timesteps (0 on the context), whole sequence per step
+    cached    the same model, the context's K/V extracted once per CFG branch, target tokens per step
+
+They must agree (max |difference| of the final target latents <= 1e-3; the cached time includes the
+extract passes). For reference it also times the paper's stock mode (full attention, one timestep,
+a different model operating point, so no difference is reported for it).
+
+Default: a CPU-sized model and resolution (the layout is the paper's, the width and resolution are
+scaled down). --full: a 1.3B-shaped Wan2.1 I2V transformer (random weights), 480x832, 81 frames,
+50 steps, bf16 on CUDA; also prints peak GPU memory.
+
+    python benchmarks/context_cache.py [--frames 40] [--steps 8] [--no-cfg] [--no-stock]
+    python benchmarks/context_cache.py --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+from diffusers import WanTransformer3DModel
+from frameprompt import method
+from frameprompt.context_cache import block_causal_attention, cached_forward, extract_context_cache
+from frameprompt.method import SequenceLayout
+from frameprompt.pipeline import default_scheduler
+
+# Width scaled down for 2 CPU threads; the layout (1 + 40 + 40 frames) is the paper's.
+CPU_MODEL = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=64,
+    in_channels=36,
+    out_channels=16,
+    text_dim=64,
+    freq_dim=256,
+    ffn_dim=1024,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    image_dim=None,
+    added_kv_proj_dim=None,
+    rope_max_seq_len=1024,
+)
+# Wan2.1-Fun-1.3B-InP / the 1.3B I2V shape (CLIP image branch included).
+FULL_MODEL = {
+    **CPU_MODEL,
+    "num_attention_heads": 12,
+    "attention_head_dim": 128,
+    "text_dim": 4096,
+    "ffn_dim": 8960,
+    "num_layers": 30,
+    "image_dim": 1280,
+    "added_kv_proj_dim": 1536,
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def denoise(
+    transformer: WanTransformer3DModel,
+    layout: SequenceLayout,
+    inputs: dict,
+    steps: int,
+    mode: str,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """FramePromptPipeline's loop (step 3 of __call__) on prepared latents; returns the target latents."""
+    context, condition, mask = inputs["context"], inputs["condition"], inputs["mask"]
+    branches = inputs["branches"]
+    clip = inputs["clip"]
+    lc = layout.context_latent_frames
+    scheduler = default_scheduler()
+    scheduler.set_timesteps(steps, device=context.device)
+    latents = inputs["noise"].clone()
+    with block_causal_attention(transformer, layout, enabled=mode != "stock"):
+        caches = {}
+        if mode == "cached":
+            context_input = method.model_input(context, mask[:, :, :lc], condition[:, :, :lc])
+            caches = {
+                k: extract_context_cache(transformer, context_input, v, clip) for k, v in branches.items()
+            }
+
+        def predict(t: torch.Tensor, branch: str) -> torch.Tensor:
+            if mode == "cached":
+                x = method.model_input(latents, mask[:, :, lc:], condition[:, :, lc:])
+                return cached_forward(transformer, x, t, caches[branch])
+            x = method.model_input(method.join_sequence(context, latents), mask, condition)
+            timestep = method.timestep_for(t, layout, 1, per_token=mode == "uncached")
+            out = transformer(
+                x, timestep, branches[branch], encoder_hidden_states_image=clip, return_dict=False
+            )[0]
+            return out[:, :, lc:]
+
+        for t in scheduler.timesteps:
+            velocity = predict(t, "cond")
+            if "uncond" in branches:
+                uncond = predict(t, "uncond")
+                velocity = uncond + guidance_scale * (velocity - uncond)
+            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+    return latents
+
+
+def timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[float, torch.Tensor]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--full", action="store_true", help="1.3B-shaped model, 480x832, 50 steps, bf16, CUDA"
+    )
+    parser.add_argument("--frames", type=int, default=40, help="N skeleton = target frames (paper: 40)")
+    parser.add_argument("--height", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--layers", type=int, help="override the number of transformer blocks")
+    parser.add_argument("--no-cfg", action="store_true", help="one branch instead of two (no text CFG)")
+    parser.add_argument("--no-stock", action="store_true", help="skip timing the paper's full-attention mode")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per mode, alternating (best of)")
+    args = parser.parse_args()
+
+    config = dict(FULL_MODEL if args.full else CPU_MODEL)
+    if args.layers:
+        config["num_layers"] = args.layers
+    height = args.height or (480 if args.full else 128)
+    width = args.width or (832 if args.full else 128)
+    steps = args.steps or (50 if args.full else 8)
+    device = torch.device(args.device or ("cuda" if args.full else "cpu"))
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.full else "float32"))
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        transformer = WanTransformer3DModel(**config)
+    transformer = transformer.to(dtype).eval()
+    for name, param in transformer.named_parameters():  # what from_pretrained(torch_dtype=...) keeps
+        if set(transformer._keep_in_fp32_modules).intersection(name.split(".")):
+            param.data = param.data.float()
+    layout = SequenceLayout(args.frames, height, width)
+    h, w = layout.latent_size
+    g = torch.Generator(device="cpu").manual_seed(1)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    context = rand(1, 16, layout.context_latent_frames, h, w)
+    inputs = {
+        "context": context,
+        "condition": torch.cat([context, rand(1, 16, layout.target_latent_frames, h, w)], 2),
+        "mask": method.build_context_mask(layout, 1, device, dtype),
+        "noise": rand(1, 16, layout.target_latent_frames, h, w),
+        "branches": {"cond": rand(1, 512, config["text_dim"])},
+        "clip": rand(1, 257, config["image_dim"]) if config["image_dim"] else None,
+    }
+    if not args.no_cfg:
+        inputs["branches"]["uncond"] = rand(1, 512, config["text_dim"])
+    params = sum(p.numel() for p in transformer.parameters())
+    print(
+        f"model {params / 1e6:.1f}M params, {config['num_layers']} layers, dim "
+        f"{config['num_attention_heads'] * config['attention_head_dim']}; {dtype}; {device}"
+    )
+    print(
+        f"layout 1+{args.frames}+{args.frames} frames at {height}x{width}: {layout.latent_frames} latent frames "
+        f"({layout.context_latent_frames} context), {layout.sequence_tokens} tokens "
+        f"({layout.context_tokens} context); {steps} steps, {len(inputs['branches'])} CFG branch(es)"
+    )
+
+    modes = ["uncached", "cached"] + ([] if args.no_stock else ["stock"])
+    with torch.no_grad():
+        for mode in modes:  # warm-up (kernels, allocator)
+            denoise(transformer, layout, inputs, 1, mode, 5.0)
+        seconds: dict[str, list[float]] = {m: [] for m in modes}
+        outputs: dict[str, torch.Tensor] = {}
+        peak: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for mode in modes:  # alternating, so drifting machine load hits both alike
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                s, outputs[mode] = timed(
+                    lambda m=mode: denoise(transformer, layout, inputs, steps, m, 5.0), device
+                )
+                seconds[mode].append(s)
+                if device.type == "cuda":
+                    peak[mode] = torch.cuda.max_memory_allocated(device) / 2**30
+
+    # Best of the repeats: on a shared machine, load only ever adds time.
+    best = {m: min(v) for m, v in seconds.items()}
+    for mode in modes:
+        memory = f", peak {peak[mode]:.2f} GiB" if mode in peak else ""
+        runs = ", ".join(f"{s:.2f}" for s in seconds[mode])
+        print(f"{mode:>9}: best {best[mode]:.3f} s ({best[mode] / steps:.3f} s/step){memory}  [runs: {runs}]")
+    diff = (outputs["cached"].float() - outputs["uncached"].float()).abs().max().item()
+    print(f"speed-up cached vs uncached block-causal: {best['uncached'] / best['cached']:.2f}x")
+    if "stock" in best:
+        print(f"speed-up cached vs stock full attention:  {best['stock'] / best['cached']:.2f}x")
+    print(
+        f"max |cached - uncached| of the final target latents: {diff:.3e} ({'OK' if diff <= 1e-3 else 'FAIL'} <= 1e-3)"
+    )
+
+
+if __name__ == "__main__":
+    main()
