@@ -29,15 +29,18 @@ import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
+from .dataset_format import (
+    META_FILE,
+    NUM_KEYPOINTS,
+    POSE_CLIP_FILE,
+    POSE_DIR,
+    REFERENCE_FILE,
+    SKELETON_DIR,
+    TARGET_DIR,
+    write_meta,
+)
 from .errors import FramePromptError
 
-META_FILE = "meta.json"
-REFERENCE_FILE = "reference.png"
-POSE_DIR = "pose"
-POSE_CLIP_FILE = "pose.json"
-SKELETON_DIR = "skeleton"
-TARGET_DIR = "target"
-NUM_KEYPOINTS = 18
 CACHE_MANIFEST = "manifest.json"
 NULL_TEXT_FILE = "null_text.safetensors"
 CACHE_VERSION = 1
@@ -479,16 +482,7 @@ def write_clip(
         (folder / POSE_DIR).mkdir(exist_ok=True)
         for i, pose in enumerate(poses):
             write_pose_json(folder / POSE_DIR / f"{i:04d}_keypoints.json", pose)
-    meta = {
-        "fps": fps,
-        "width": reference.width,
-        "height": reference.height,
-        "num_frames": len(targets),
-        "source": source,
-    }
-    if prompt:
-        meta["prompt"] = prompt
-    _atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1))
+    write_meta(folder, reference.width, reference.height, len(targets), fps, source, prompt)
     return folder
 
 

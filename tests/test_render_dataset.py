@@ -1,0 +1,59 @@
+"""`frameprompt dataset render` with the real bpy module (tiny: 32x32, N=4), in a subprocess so bpy and
+torch never share a process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
+pytestmark = pytest.mark.blender
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _render(out: Path, clips: int, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "backend"), str(REPO)])}
+    command = [sys.executable, "-m", "frameprompt.cli", "dataset", "render", "--out", str(out)]
+    command += ["--clips", str(clips), "--frames", "4", "--size", "32x32", "--no-progress", *extra]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_render_validate_and_resume(tmp_path):
+    from frameprompt.data import clip_skeleton_images, load_dataset, validate_dataset
+
+    out = tmp_path / "data"
+    result = _render(out, 2, "--motions", "walk,jump")
+    assert result.returncode == 0, result.stderr[-2000:]
+    clips = load_dataset(out)
+    assert [c.name for c in clips] == ["clip_00000", "clip_00001"]
+    metas = [json.loads((c.path / "meta.json").read_text()) for c in clips]
+    assert [m["source"] for m in metas] == ["builtin:walk", "builtin:jump"]
+    assert all(m["num_frames"] == 4 and len(m["frames"]) == 4 for m in metas)
+
+    clip = clips[0]
+    target = np.stack([np.asarray(PIL.Image.open(f)) for f in clip.target_files])
+    assert target.shape == (4, 32, 32, 3) and target.std() > 5  # a rendered picture, not a flat colour
+    # the stored skeletons are exactly what the shared drawer makes of the stored OpenPose JSON
+    pytest.importorskip("frameprompt_blender.core.openpose_draw")
+    drawn = clip_skeleton_images(clip.__class__(**{**clip.__dict__, "skeleton_files": ()}))
+    stored = clip_skeleton_images(clip)
+    for a, b in zip(drawn, stored, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert any(np.asarray(s).any() for s in stored)
+
+    # resumable: finished clips are kept as they are, an interrupted one is redone, new ones added
+    before = {p: p.stat().st_mtime_ns for p in (out / "clip_00000").rglob("*")}
+    (out / ".tmp-clip_00002").mkdir()
+    (out / ".tmp-clip_00002" / "junk").write_text("half a clip")
+    result = _render(out, 3, "--motions", "walk,jump")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {p: p.stat().st_mtime_ns for p in (out / "clip_00000").rglob("*")} == before
+    report = validate_dataset(out)
+    assert report.ok and len(report.clips) == 3 and not (out / ".tmp-clip_00002").exists()
