@@ -82,29 +82,22 @@ class JointRef:
         return f"{self.name}:{self.end}"
 
 
-# Face offsets, in units of the rest shoulder width, in the rig's rest body frame:
+# Face offsets, in units of the rest shoulder width, in the rig's rest body frame (see rest_body_frame):
 # (up, forward, left) from the head bone's head (the top of the neck). "center" is the middle of the
 # skull, used to decide which face points the head itself hides. Measured on Blender's human metarig
-# (spine.006 head, nose.002 head, eye.L head, ear.L head; shoulder width 0.39 m).
+# (spine.006 head; nose.002 head, eye.L head, ear.L head; upper_arm heads 0.39 m apart).
 _METARIG_FACE = {
-    NOSE: (0.164, 0.441, 0.0),
-    R_EYE: (0.290, 0.246, -0.133),
-    L_EYE: (0.290, 0.246, 0.133),
-    R_EAR: (0.208, 0.015, -0.236),
-    L_EAR: (0.208, 0.015, 0.236),
-    "center": (0.25, 0.12, 0.0),
+    NOSE: (0.272, 0.384, 0.0),
+    R_EYE: (0.343, 0.164, -0.133),
+    L_EYE: (0.343, 0.164, 0.133),
+    R_EAR: (0.205, -0.038, -0.236),
+    L_EAR: (0.205, -0.038, 0.236),
+    "center": (0.285, 0.084, 0.0),
 }
-# Game-style rigs (Mixamo, Unreal, MakeHuman) put the head bone's head slightly higher (at the skull base,
-# above the top of the neck) and have narrower shoulders relative to the head; these are estimates from
-# typical proportions, not measurements: fix odd characters with overrides.
-_GAME_FACE = {
-    NOSE: (0.14, 0.36, 0.0),
-    R_EYE: (0.25, 0.24, -0.12),
-    L_EYE: (0.25, 0.24, 0.12),
-    R_EAR: (0.18, 0.02, -0.23),
-    L_EAR: (0.18, 0.02, 0.23),
-    "center": (0.22, 0.10, 0.0),
-}
+# Mixamo, Unreal and MakeHuman rigs also start the head bone at the top of the neck; until measured on
+# real characters they use the metarig's proportions (a per-preset table, so they can diverge). Odd
+# characters: map face bones or empties with overrides.
+_GAME_FACE = dict(_METARIG_FACE)
 
 
 def _sided(template: str, side: str) -> str:

@@ -43,13 +43,14 @@ def stick_width_for(width: int, height: int) -> float:
 
 def ellipse_polygon(cx: float, cy: float, half_length: float, half_width: float, angle_deg: float,
                     step_deg: int = ELLIPSE_STEP_DEG) -> list[tuple[float, float]]:  # fmt: skip
-    """Outline of a rotated ellipse, like cv2.ellipse2Poly (but without its integer rounding)."""
+    """Outline of a rotated ellipse, like cv2.ellipse2Poly (float centre, axes and angle in, whole pixels out)."""
     t = np.deg2rad(np.arange(0, 360, step_deg, dtype=np.float64))
     a = math.radians(angle_deg)
     ca, sa = math.cos(a), math.sin(a)
     x = cx + half_length * np.cos(t) * ca - half_width * np.sin(t) * sa
     y = cy + half_length * np.cos(t) * sa + half_width * np.sin(t) * ca
-    return list(zip(x.tolist(), y.tolist(), strict=True))
+    # Rounded to whole pixels as ellipse2Poly does (Pillow would truncate floats, shifting shapes up-left).
+    return list(zip(np.rint(x).astype(int).tolist(), np.rint(y).astype(int).tolist(), strict=True))
 
 
 def draw_pose(
@@ -100,7 +101,8 @@ def draw_pose(
         if not present[j]:
             continue
         x, y = xy[j]
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=KEYPOINT_COLORS[j])
+        box = [round(x - r), round(y - r), round(x + r), round(y + r)]  # Pillow truncates floats
+        draw.ellipse(box, fill=KEYPOINT_COLORS[j])
     return np.asarray(img, dtype=np.uint8).copy()
 
 
