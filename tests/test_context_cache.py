@@ -204,3 +204,33 @@ def test_cache_mode_is_refused_for_a_model_trained_without_it():
     out = _generate(pipe, context_cache=True, allow_approximate=True, output_type="latent")
     assert out.approximate is True
     assert _generate(pipe, output_type="latent").approximate is False  # default: stock mode
+
+
+def test_training_usage_with_lora_and_gradient_checkpointing():
+    """What a trainer's --context-cache does: block-causal processor + per-token timesteps, backward."""
+    from frameprompt.lora import add_lora
+
+    model = _transformer()
+    add_lora(model, rank=4, alpha=4)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)  # a trained adapter, so it changes the output
+    model.enable_gradient_checkpointing()
+    model.train()
+    x, text, _ = _inputs()
+    lc = LAYOUT.context_latent_frames
+    enable_block_causal_attention(model, LAYOUT)
+    t = method.timestep_for(torch.tensor([600.0]), LAYOUT, 1, per_token=True)
+    loss = _forward(model, x, t, text)[:, :, lc:].square().mean()
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+    # the trained adapter is used identically by the cached path
+    model.eval()
+    with torch.no_grad():
+        full = _forward(model, x, t, text)[:, :, lc:]
+    cache = extract_context_cache(model, x[:, :, :lc], text)
+    torch.testing.assert_close(
+        cached_forward(model, x[:, :, lc:], torch.tensor(600.0), cache), full, atol=1e-5, rtol=0
+    )
+    disable_block_causal_attention(model)
