@@ -114,6 +114,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     log_file: Path | None = None
     plot_file: Path | None = None
+    is_main_process: bool = True
 
 
 class EpochPermutation(torch.utils.data.Sampler):
@@ -218,6 +219,7 @@ class Trainer:
         if mixed is None:
             mixed = "bf16" if torch.cuda.is_available() else "no"
         return Accelerator(
+            cpu=not torch.cuda.is_available(),  # lets torchrun on CPU machines form a gloo group
             mixed_precision=mixed,
             gradient_accumulation_steps=self.config.gradient_accumulation_steps,
             project_config=ProjectConfiguration(project_dir=str(self.out), automatic_checkpoint_naming=False),
@@ -263,6 +265,7 @@ class Trainer:
                 cache_dir,
                 latent_zero_condition=c.latent_zero_condition,
                 progress=self._bar("encoding clips") if acc.is_main_process else None,
+                write=acc.is_main_process,
             )
         self.cache: LatentCache = cache
         self.layout = SequenceLayout.for_models(
@@ -641,7 +644,7 @@ class Trainer:
         output = self._write_result(step)
         plot = self.plot_losses() if acc.is_main_process else None
         acc.end_training()
-        return TrainResult(output, step, losses, self.out / LOG_FILE, plot)
+        return TrainResult(output, step, losses, self.out / LOG_FILE, plot, acc.is_main_process)
 
 
 def train(config: TrainConfig) -> TrainResult:

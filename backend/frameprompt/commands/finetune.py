@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     except FramePromptError as error:
         print(f"frameprompt finetune: {error}", file=sys.stderr)
         return 2
+    if not result.is_main_process:
+        return 0
     last = f", last loss {result.losses[-1]:.4f}" if result.losses else ""
     print(f"trained {result.steps} steps{last}; result: {result.output}")
     print(f"log: {result.log_file}  loss curve: {result.plot_file}")
