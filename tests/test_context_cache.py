@@ -234,3 +234,21 @@ def test_training_usage_with_lora_and_gradient_checkpointing():
         cached_forward(model, x[:, :, lc:], torch.tensor(600.0), cache), full, atol=1e-5, rtol=0
     )
     disable_block_causal_attention(model)
+
+
+def test_a_cache_mode_lora_marks_the_pipeline_when_loaded(tmp_path):
+    from frameprompt.loading import load_lora
+    from frameprompt.lora import add_lora, save_lora
+
+    trained = _transformer()
+    add_lora(trained, rank=2, alpha=2)
+    lora_file = save_lora(trained, tmp_path / "paper")
+    pipe = tiny_pipeline()
+    load_lora(pipe, lora_file)
+    assert not trained_with_context_cache(pipe.transformer)  # no json: the paper's mode
+
+    save_lora(trained, tmp_path / "cache")
+    write_training_info(tmp_path / "cache")  # what the trainer's --context-cache writes
+    pipe = tiny_pipeline()
+    load_lora(pipe, tmp_path / "cache")
+    assert trained_with_context_cache(pipe.transformer)

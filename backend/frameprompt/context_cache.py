@@ -31,9 +31,9 @@ For trainers:
 
 `mark_trained_with_context_cache` writes a `frameprompt_training` block into the transformer's
 config, so `save_pretrained` stores it in `transformer/config.json`; `FramePromptPipeline` reads it
-back with `trained_with_context_cache`. A LoRA file carries no transformer config: write
-`write_training_info(lora_dir)` next to the LoRA file, and after loading the LoRA call
-`apply_training_info(transformer, lora_path)`.
+back with `trained_with_context_cache`. A LoRA file carries no transformer config: the trainer
+writes `frameprompt_training.json` next to it (`write_training_info`), and
+`FramePromptPipeline.load_lora_weights` applies it (`apply_training_info`) when loading a local LoRA.
 
 Not combinable with diffusers' context parallelism: the processor splits the sequence at a global
 token index, which a sequence-sharded rank does not see; it raises if `enable_parallelism` set a

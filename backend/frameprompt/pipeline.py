@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from . import method
 from .context_cache import (
+    apply_training_info,
     block_causal_attention,
     cached_forward,
     extract_context_cache,
@@ -136,6 +137,21 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         if null_file.is_file():
             pipe.null_prompt_embeds = load_file(str(null_file))["null_prompt_embeds"]
         return pipe
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | Path | dict,
+        adapter_name: str | None = None,
+        **kwargs,
+    ) -> None:
+        """diffusers' Wan LoRA loader; a local LoRA's `frameprompt_training.json` (written by the
+        trainer next to the weights) also tells the pipeline whether it was trained in cache mode."""
+        source = pretrained_model_name_or_path_or_dict
+        if isinstance(source, Path):
+            source = str(source)
+        super().load_lora_weights(source, adapter_name=adapter_name, **kwargs)
+        if isinstance(source, str) and Path(source).exists():
+            apply_training_info(self.transformer, source)
 
     @property
     def interrupt(self) -> bool:
