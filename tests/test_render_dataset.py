@@ -57,3 +57,22 @@ def test_render_validate_and_resume(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (out / "clip_00000").rglob("*")} == before
     report = validate_dataset(out)
     assert report.ok and len(report.clips) == 3 and not (out / ".tmp-clip_00002").exists()
+
+
+def test_render_from_a_blend_file_with_an_action(tmp_path):
+    blend = tmp_path / "hero.blend"
+    script = (
+        "import bpy; from frameprompt_blender.blender.demo_scene import build_demo_scene; "
+        "bpy.ops.wm.read_homefile(use_empty=True); build_demo_scene(); "
+        f"bpy.ops.wm.save_as_mainfile(filepath={str(blend)!r})"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "backend"), str(REPO)])}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=120)
+    result = _render(tmp_path / "data", 1, "--blend", str(blend), "--seed", "3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    from frameprompt.data import load_dataset
+
+    (clip,) = load_dataset(tmp_path / "data")
+    meta = json.loads((clip.path / "meta.json").read_text())
+    assert meta["source"] == "hero.blend:FP_WalkWave" and 1 <= meta["frames"][0] <= 21
+    assert _render(tmp_path / "data2", 1, "--blend", str(tmp_path / "missing.blend")).returncode == 2

@@ -195,7 +195,7 @@ def _key_motion(arm: Any, motion: str, length: int, rng: random.Random) -> None:
         arm.keyframe_insert("rotation_euler", frame=f)
 
 
-def _jitter_camera(camera: Any, target: Any, rng: random.Random) -> None:
+def _jitter_camera(camera: Any, target: Any, rng: random.Random, distance: float = 1.0) -> None:
     """Orbit the camera around the character by +-25 deg, move it +-12 % closer/farther, +-0.15 m up/down,
     and aim it at `target` (a world point)."""
     _bpy()
@@ -203,7 +203,7 @@ def _jitter_camera(camera: Any, target: Any, rng: random.Random) -> None:
 
     offset = Vector(camera.location) - target
     offset = Matrix.Rotation(math.radians(rng.uniform(-25, 25)), 3, "Z") @ offset
-    offset *= rng.uniform(0.88, 1.12)
+    offset *= distance * rng.uniform(0.88, 1.12)
     offset.z += rng.uniform(-0.15, 0.15)
     camera.location = target + offset
     camera.rotation_euler = (-offset).to_track_quat("-Z", "Y").to_euler()
@@ -325,10 +325,10 @@ def render_clip(config: RenderConfig, index: int) -> Path:
         raise RuntimeError(f"{source} has {end - start + 1} frames, fewer than --frames {n}")
     _setup_render(scene, config)
     scene.frame_set(start)
-    target_point = (
-        arm.matrix_world @ Vector((0.0, 0.0, 1.0)) if not config.blends else arm.matrix_world.translation
-    )
-    _jitter_camera(camera, Vector(target_point), rng)
+    heads = [arm.matrix_world @ pb.head for pb in arm.pose.bones]
+    centre = sum(heads, Vector((0.0, 0.0, 0.0))) / max(1, len(heads))  # the character's middle
+    # the demo camera frames the figure loosely: move it closer so the character fills the frame
+    _jitter_camera(camera, centre, rng, distance=1.0 if config.blends else 0.78)
     _background(scene, rng)
 
     first = rng.randint(start, end - n + 1)
