@@ -76,3 +76,36 @@ def test_render_from_a_blend_file_with_an_action(tmp_path):
     meta = json.loads((clip.path / "meta.json").read_text())
     assert meta["source"] == "hero.blend:FP_WalkWave" and 1 <= meta["frames"][0] <= 21
     assert _render(tmp_path / "data2", 1, "--blend", str(tmp_path / "missing.blend")).returncode == 2
+
+
+def test_rendered_clips_train_generate_and_evaluate(tmp_path, tiny_model_dir):
+    """The whole path on CPU: Blender clips -> LoRA steps -> pipeline with the LoRA -> metrics."""
+    import shutil
+
+    from frameprompt import metrics
+    from frameprompt.loading import load_pipeline
+    from frameprompt.train import TrainConfig, Trainer
+
+    data = tmp_path / "data"
+    assert _render(data, 3, "--motions", "walk,wave,dance").returncode == 0
+    shutil.rmtree(data / "clip_00002" / "skeleton")  # this clip's skeletons are drawn from its OpenPose JSON
+    config = TrainConfig(
+        data=str(data), out=str(tmp_path / "run"), model=str(tiny_model_dir), lora_rank=4, lora_alpha=4,
+        max_steps=3, progress=False,
+    )  # fmt: skip
+    result = Trainer(config).run()
+    assert result.steps == 3 and np.isfinite(result.losses).all()
+
+    pipe = load_pipeline(tiny_model_dir, device="cpu", lora=result.output)
+    from frameprompt.data import clip_skeleton_images, load_dataset
+
+    clip = load_dataset(data)[2]
+    reference = PIL.Image.open(clip.path / "reference.png")
+    frames = pipe(reference, clip_skeleton_images(clip), num_inference_steps=2, output_type="pil").frames[0]
+    pred = tmp_path / "pred" / clip.name
+    pred.mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        frame.save(pred / f"{i:04d}.png")
+    report = metrics.evaluate_folders(tmp_path / "pred", data)
+    assert [r["clip"] for r in report["clips"]] == [clip.name]
+    assert 0 < report["means"]["psnr"] < 100 and -1 <= report["means"]["ssim"] < 1
