@@ -92,7 +92,7 @@ _METARIG_FACE = {
     L_EYE: (0.343, 0.164, 0.133),
     R_EAR: (0.205, -0.038, -0.236),
     L_EAR: (0.205, -0.038, 0.236),
-    "center": (0.285, 0.084, 0.0),
+    "center": (0.285, -0.02, 0.0),  # about level with the ears, so both show from the front and the back
 }
 # Mixamo, Unreal and MakeHuman rigs also start the head bone at the top of the neck; until measured on
 # real characters they use the metarig's proportions (a per-preset table, so they can diverge). Odd
