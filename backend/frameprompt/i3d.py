@@ -55,6 +55,9 @@ def _same_pad(
 
 
 class Unit3D(nn.Module):
+    bn_mean: torch.Tensor
+    bn_var: torch.Tensor
+
     def __init__(self, cin: int, cout: int, kernel=(1, 1, 1), stride=(1, 1, 1), bn: bool = True, relu: bool = True,
                  bias: bool = False) -> None:  # fmt: skip
         super().__init__()

@@ -21,7 +21,7 @@ import importlib.util
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -163,6 +163,9 @@ class _AlexNetFeatures(nn.Module):
 class LPIPS(nn.Module):
     """LPIPS v0.1 with the AlexNet backbone (Zhang et al. 2018). Inputs (B, 3, H, W) in [-1, 1]."""
 
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         self.net = _AlexNetFeatures()
@@ -223,6 +226,7 @@ def load_lpips(backbone: str | os.PathLike, heads: str | os.PathLike | None = No
         raise WeightsError(f"LPIPS heads {heads_path} have an unexpected sha256 {head_digest}")
     head_state = torch.load(heads_path, map_location="cpu", weights_only=True)
     for i, lin in enumerate(model.lins):
+        assert isinstance(lin, nn.Conv2d)
         lin.weight.data.copy_(head_state[f"lin{i}.model.1.weight"])
     model.backbone_sha256 = digest
     return model
@@ -334,7 +338,9 @@ def comparison_grid(
     def fit(image: np.ndarray) -> np.ndarray:
         if image.shape[:2] == (h, w):
             return image.astype(np.uint8)
-        return np.asarray(PIL.Image.fromarray(image.astype(np.uint8)).resize((w, h), PIL.Image.BILINEAR))
+        return np.asarray(
+            PIL.Image.fromarray(image.astype(np.uint8)).resize((w, h), PIL.Image.Resampling.BILINEAR)
+        )
 
     gap = np.full((h, 2, 3), 255, np.uint8)
     ref = fit(reference)
@@ -397,7 +403,10 @@ def _resize_video(video: np.ndarray, height: int, width: int) -> np.ndarray:
     if video.shape[1:3] == (height, width):
         return video
     return np.stack(
-        [np.asarray(PIL.Image.fromarray(f).resize((width, height), PIL.Image.BICUBIC)) for f in video]
+        [
+            np.asarray(PIL.Image.fromarray(f).resize((width, height), PIL.Image.Resampling.BICUBIC))
+            for f in video
+        ]
     )
 
 
@@ -426,7 +435,9 @@ def evaluate_folders(
             "name predictions like the ground-truth clips: <name>/ of frames or <name>.mp4",
         )
     lpips_model = load_lpips(lpips_weights) if lpips_weights else None
-    rows, preds, gts = [], [], []
+    rows: list[dict[str, Any]] = []
+    preds: list[np.ndarray] = []
+    gts: list[np.ndarray] = []
     resized = False
     iterator = names
     if progress:
