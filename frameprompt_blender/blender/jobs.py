@@ -129,6 +129,7 @@ class JobManager:
         self.backend: dict[str, Any] = {}
         self.backend_error: str = ""
         self._timer_registered = False
+        self._tick_fn = self._tick  # one bound method, so timers.is_registered/unregister find it
         self._cancel_requested = False
         self.handle: Any = None  # the client's JobHandle of the current job
         self.checking = False
@@ -264,9 +265,9 @@ class JobManager:
         except Exception as exc:
             self._fail(exc, settings.server_address)
             raise
-        if not self._timer_registered:
-            bpy.app.timers.register(self._tick, first_interval=TICK_S)
-            self._timer_registered = True
+        if not bpy.app.timers.is_registered(self._tick_fn):
+            bpy.app.timers.register(self._tick_fn, first_interval=TICK_S)
+        self._timer_registered = True
 
     def run_blocking(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> JobState:
         """Submit and wait (background mode): returns the final state; raises JobFailed on failure."""
@@ -368,7 +369,10 @@ class JobManager:
             job.step, job.total = int(h.get("step") or 0), int(h.get("total") or 0)
             job.eta_s = h.get("eta_s")
             job.message = h.get("message") or job.phase
-            self._log(f"{job.phase} {job.step}/{job.total} {job.eta_text()}".rstrip())
+            if job.total:
+                self._log(f"{job.phase} {job.step}/{job.total} {job.eta_text()}".rstrip())
+            elif job.phase:
+                self._log(job.phase)
         elif kind == "result":
             if self._cancel_requested:
                 self._finish(CANCELLED, "Cancelled: the result that arrived afterwards was discarded")
@@ -414,7 +418,7 @@ class JobManager:
         strip = import_image_sequence(
             scene,
             paths,
-            name=f"FramePrompt {job_id or Path(job.job_dir).name}"[:63],
+            name=f"FramePrompt {job_id[:8] if job_id else Path(job.job_dir).name}"[:63],
             frame_start=job.frame_start,
             metadata={"frameprompt_job": job_id, "frameprompt_dir": job.job_dir},
         )
@@ -447,8 +451,8 @@ class JobManager:
 
     def shutdown(self) -> None:
         """Stop the timer and the client thread (add-on disabled, file closed)."""
-        if self._timer_registered and bpy.app.timers.is_registered(self._tick):
-            bpy.app.timers.unregister(self._tick)
+        if bpy.app.timers.is_registered(self._tick_fn):
+            bpy.app.timers.unregister(self._tick_fn)
         self._timer_registered = False
         if self.job.active:
             self._finish(CANCELLED, "Stopped: the file was closed or the add-on disabled")
