@@ -27,6 +27,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--height", type=int, help="output height, multiple of 16 (default: reference's)")
     parser.add_argument("--width", type=int, help="output width, multiple of 16 (default: reference's)")
     parser.add_argument("--fps", type=int, default=16, help="frame rate of video.mp4 (default 16)")
+    parser.add_argument(
+        "--window-frames",
+        type=int,
+        default=40,
+        help="frames per generation window (default 40, the paper's N)",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=8,
+        help="frames each window carries over from the previous one (default 8)",
+    )
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     parser.add_argument(
         "--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA, fp32 on CPU"
@@ -63,9 +75,12 @@ def _generate(args: argparse.Namespace) -> int:
         f"loaded model in {time.perf_counter() - started:.1f}s on {pipe.device}; {len(poses)} frames at {width}x{height}"
     )
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    output = pipe(
+    # Any number of frames: longer animations are generated window by window (frameprompt.windows).
+    output = pipe.generate_long(
         reference.resize((width, height)),
         poses,
+        window_frames=args.window_frames,
+        overlap_frames=args.overlap,
         prompt=args.prompt,
         height=height,
         width=width,
