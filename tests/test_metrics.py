@@ -18,6 +18,17 @@ from frameprompt.metrics import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _video(seed: int = 0, t: int = 4, size: int = 32) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (t, size, size, 3), dtype=np.uint8)
 

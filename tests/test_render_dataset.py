@@ -3,6 +3,7 @@ torch never share a process."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,13 +14,33 @@ import numpy as np
 import PIL.Image
 import pytest
 
-pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
-pytestmark = pytest.mark.blender
+# find_spec, not importorskip: bpy is only imported by the subprocesses
+pytestmark = [
+    pytest.mark.blender,
+    pytest.mark.skipif(
+        importlib.util.find_spec("bpy") is None, reason="needs bpy (pip install 'bpy==4.5.*')"
+    ),
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _render(out: Path, clips: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "backend"), str(REPO)])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "backend"), str(REPO)]),
+    }
     command = [sys.executable, "-m", "frameprompt.cli", "dataset", "render", "--out", str(out)]
     command += ["--clips", str(clips), "--frames", "4", "--size", "32x32", "--no-progress", *extra]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -66,7 +87,11 @@ def test_render_from_a_blend_file_with_an_action(tmp_path):
         "bpy.ops.wm.read_homefile(use_empty=True); build_demo_scene(); "
         f"bpy.ops.wm.save_as_mainfile(filepath={str(blend)!r})"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "backend"), str(REPO)])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "backend"), str(REPO)]),
+    }
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=120)
     result = _render(tmp_path / "data", 1, "--blend", str(blend), "--seed", "3")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -109,3 +134,25 @@ def test_rendered_clips_train_generate_and_evaluate(tmp_path, tiny_model_dir):
     report = metrics.evaluate_folders(tmp_path / "pred", data)
     assert [r["clip"] for r in report["clips"]] == [clip.name]
     assert 0 < report["means"]["psnr"] < 100 and -1 <= report["means"]["ssim"] < 1
+
+
+def test_render_through_a_blender_binary(tmp_path):
+    """--blender runs `blender -b --python-expr ... -- ARGS`; a stand-in binary runs the same expression
+    with this venv's Python (which has bpy), so the hand-over of arguments is what is tested."""
+    fake = tmp_path / "blender"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import sys\n"
+        "argv = sys.argv[1:]\n"
+        "assert argv[:4] == ['-b', '--factory-startup', '--python-exit-code', '1'], argv\n"
+        "expr = argv[argv.index('--python-expr') + 1]\n"
+        "sys.argv = ['blender'] + argv\n"
+        "exec(compile(expr, '<expr>', 'exec'))\n"
+    )
+    fake.chmod(0o755)
+    result = _render(tmp_path / "data", 1, "--motions", "wave", "--blender", str(fake))
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "data" / "clip_00000" / "meta.json").read_text())
+    assert meta["source"] == "builtin:wave" and meta["width"] == 32
+    missing = _render(tmp_path / "data2", 1, "--blender", str(tmp_path / "no-blender"))
+    assert missing.returncode == 2 and "cannot run Blender" in missing.stderr

@@ -25,6 +25,17 @@ from frameprompt.train import (
 from safetensors.torch import load_file
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def two_clips(tmp_path_factory) -> Path:
     return synthetic_dataset(tmp_path_factory.mktemp("data") / "two", clips=2, num_frames=4, size=32)
@@ -223,3 +234,27 @@ def test_finetune_command(tiny_model_dir, two_clips, tmp_path, capsys):
     args[2] = str(tmp_path / "empty")
     assert main(args) == 2
     assert "holds no clips" in capsys.readouterr().err
+
+
+def test_all_frames_loss_and_a_failing_lora_write_during_a_checkpoint(
+    tiny_model_dir, two_clips, tmp_path, monkeypatch
+):
+    from frameprompt import train as train_module
+    from frameprompt.train import CheckpointError
+
+    out = tmp_path / "out"
+    result = Trainer(
+        _config(two_clips, tiny_model_dir, out, max_steps=1, loss="all", checkpoint_every=1)
+    ).run()
+    assert np.isfinite(result.losses).all()
+
+    def broken_save_lora(*args, **kwargs):
+        raise RuntimeError("safetensors: I/O error while writing")
+
+    monkeypatch.setattr(train_module, "save_lora", broken_save_lora)
+    with pytest.raises(CheckpointError, match="step-00000001 is kept"):
+        Trainer(
+            _config(two_clips, tiny_model_dir, out, max_steps=2, loss="all", checkpoint_every=1, resume=True)
+        ).run()
+    assert latest_checkpoint(out).name == "step-00000001"
+    assert not list((out / "checkpoints").glob(".tmp-*"))

@@ -403,7 +403,7 @@ class Trainer:
                     shutil.rmtree(final)
                 os.replace(tmp, final)
                 _write_text_atomic(root / LATEST_FILE, final.name)
-        except (OSError, RuntimeError) as error:
+        except Exception as error:  # OSError, RuntimeError, SafetensorError...: never leave a half checkpoint
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
             kept = (

@@ -60,11 +60,31 @@ def _render_with_binary(args: argparse.Namespace) -> int:
     """Re-run the renderer inside `blender -b`; this package and the add-on's core go on its sys.path."""
     backend = Path(__file__).resolve().parents[2]
     repo = backend.parent
-    forwarded = [a for a in sys.argv[1:] if a]
-    if "--blender" in forwarded:  # drop "--blender PATH" and everything before "render"
-        i = forwarded.index("--blender")
-        del forwarded[i : i + 2]
-    forwarded = forwarded[forwarded.index("render") + 1 :] if "render" in forwarded else forwarded
+    forwarded = [
+        "--out",
+        str(Path(args.out).resolve()),
+        "--clips",
+        str(args.clips),
+        "--frames",
+        str(args.frames),
+    ]
+    forwarded += [
+        "--size",
+        f"{args.size[0]}x{args.size[1]}",
+        "--motions",
+        args.motions,
+        "--seed",
+        str(args.seed),
+    ]
+    forwarded += ["--engine", args.engine, "--samples", str(args.samples), "--fps", str(args.fps)]
+    if args.armature:
+        forwarded += ["--armature", args.armature]
+    if args.camera:
+        forwarded += ["--camera", args.camera]
+    if args.no_progress:
+        forwarded.append("--no-progress")
+    if args.blend:
+        forwarded += ["--blend", *(str(Path(b).resolve()) for b in args.blend)]
     expr = (
         f"import sys; sys.path[:0] = [{str(backend)!r}, {str(repo)!r}]; "
         "from frameprompt.render_dataset import main; sys.exit(main())"
@@ -79,4 +99,9 @@ def _render_with_binary(args: argparse.Namespace) -> int:
         expr,
         "--",
     ]
-    return subprocess.call(command + forwarded)
+    try:
+        return subprocess.call(command + forwarded)
+    except OSError as error:
+        raise FramePromptError(
+            f"cannot run Blender at {args.blender} ({error})", "pass the path of the blender executable"
+        ) from error
