@@ -267,3 +267,40 @@ def test_limits_dict_round_trip() -> None:
 def test_non_finite_numbers_are_refused_in_params() -> None:
     with pytest.raises(P.ProtocolError, match="guidance_scale"):
         P.parse_params({"guidance_scale": float("nan")})
+
+
+def test_rgb8_results_revision_2() -> None:
+    w, h = 5, 3
+    raw = bytes(range(w * h * 3))
+    frames = P.build_result("job1", [raw, raw], {"seed": 1}, frame_format="rgb8", width=w, height=h)
+    header = json.loads(frames[0])
+    assert header["v"] == 1 and header["parts"][0] == {
+        "name": "0000.rgb",
+        "role": "frame",
+        "kind": "rgb8",
+        "width": 5,
+        "height": 3,
+    }
+    result = P.parse_result(P.decode(frames, expect=P.SERVER_TYPES))
+    assert (result.frame_format, result.width, result.height) == ("rgb8", 5, 3)
+    assert result.frames == [raw, raw] and result.names == ["0000.rgb", "0001.rgb"]
+    # the zlib-only PNG writer gives the same pixels Pillow reads
+    decoded = Image.open(io.BytesIO(result.png_frames()[0]))
+    assert decoded.size == (5, 3) and decoded.mode == "RGB" and decoded.tobytes() == raw
+    # a wrong size is refused
+    bad = [frames[0], raw[:-1], raw]
+    with pytest.raises(P.ProtocolError, match="width\\*height\\*3"):
+        P.parse_result(P.decode(bad, expect=P.SERVER_TYPES))
+    # revision-1 results (PNG, no kind sizes) still parse, and png_frames() returns them as they are
+    old = P.parse_result(P.decode(P.build_result("job1", [png()]), expect=P.SERVER_TYPES))
+    assert old.frame_format == "png" and old.width is None and old.png_frames() == old.frames
+
+
+def test_result_format_in_submit() -> None:
+    sub = P.parse_submit(P.decode(P.build_submit(png(), [png()], result_format="rgb8")))
+    assert sub.result_format == "rgb8"
+    plain = P.build_submit(png(), [png()])
+    assert "result_format" not in json.loads(plain[0])  # revision-1 servers see a revision-1 submit
+    assert P.parse_submit(P.decode(plain)).result_format == "png"
+    with pytest.raises(P.ProtocolError, match="result_format"):
+        P.build_submit(png(), [png()], result_format="jpeg")

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "generate": "animate a reference image with a folder of skeleton frames",
     "serve": "run the ZeroMQ backend server that Blender talks to",
     "keys": "generate CurveZMQ key pairs for a server and its clients",
+    "submit": "send a job to a running frameprompt server and write its frames and video",
     "dataset": "render and validate training data sets",
     "finetune": "fine-tune a model on a data set (LoRA or full)",
     "evaluate": "measure SSIM, PSNR, LPIPS and FVD on a held-out split",

@@ -193,8 +193,14 @@ class JobHandle:
             self.state = h.get("state", self.state)
             self.queue_position = h.get("queue_position")
         elif ev.type == "result":
-            self._result = P.Result(str(h.get("job_id")), ev.parts, dict(h.get("meta") or {}), [])
-            self.state = "done"
+            try:
+                self._result = P.result_from_parts(h, ev.parts)
+            except P.ProtocolError as exc:  # a malformed result is this job's error
+                ev = ClientEvent("error", {**exc.fields(), "job_id": h.get("job_id")}, job=self)
+                self.error = ev.error
+                self.state = "failed"
+            else:
+                self.state = "done"
         elif ev.type == "error":
             self.error = ev.error
             code = h.get("code")
@@ -277,6 +283,7 @@ class FramePromptClient:
         *,
         pose_format: str | None = None,
         params: P.JobParams | Mapping[str, Any] | None = None,
+        result_format: str | None = None,
         **param_fields: Any,
     ) -> JobHandle:
         """Send a job; returns at once with a JobHandle (its job_id arrives with the `accepted` event).
@@ -285,6 +292,8 @@ class FramePromptClient:
         bytes or paths. pose_format: 'png' or 'openpose_json' (default: guessed from the first pose).
         params / keyword fields: num_frames, width, height, steps, guidance_scale, seed, prompt, lora,
         lora_scale, fps, options (see protocol.JobParams). Raises ProtocolError on invalid input.
+        result_format: None/'png' (PNG frames) or 'rgb8' (raw RGB frames, protocol revision 2: cheaper for
+        the server; a server that does not offer it answers with PNG). Check `Result.frame_format`.
         """
         ref = _read(reference)
         pose_data = [_read(p) for p in poses]
@@ -295,7 +304,13 @@ class FramePromptClient:
         merged.update({k: v for k, v in param_fields.items() if v is not None})
         req = self._new_req()
         frames = P.build_submit(
-            ref, pose_data, pose_format=pose_format, params=merged, req=req, limits=self._limits
+            ref,
+            pose_data,
+            pose_format=pose_format,
+            params=merged,
+            req=req,
+            limits=self._limits,
+            result_format=result_format,
         )
         handle = JobHandle(self, req)
         self._call("submit", (frames, handle))
@@ -438,10 +453,10 @@ class FramePromptClient:
             if sock in ready:
                 for _ in range(1000):
                     try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                        raw = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_message(frames)
+                    self._on_message(_frames_from(raw))
             self._flush(sock)
             now = time.monotonic()
             busy = bool(self._requests or self._jobs)
@@ -495,7 +510,7 @@ class FramePromptClient:
         while self._outbox:
             frames, _req = self._outbox[0]
             try:
-                sock.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) < 4)
+                sock.send_multipart(frames, zmq.NOBLOCK, copy=False)  # pyzmq copies small frames
             except zmq.Again:
                 return  # no connection yet (IMMEDIATE): keep it until one exists or the request times out
             self._outbox.pop(0)
@@ -627,6 +642,14 @@ class FramePromptClient:
                 req = self._new_req()
                 self._requests[req] = ("fetch", handle, time.monotonic(), None)
                 self._outbox.append((P.build_job_request("fetch", job_id, req), req))
+
+
+def _frames_from(raw: list[zmq.Frame]) -> list[Any]:
+    """Received frames as bytes; rgb8 result frames (revision 2) as zero-copy memoryviews instead, since
+    they are large and only ever read. PNG frames stay bytes, as revision-1 callers expect."""
+    head = raw[0].bytes
+    zero_copy = len(raw) > 1 and b'"rgb8"' in head
+    return [head] + [f.buffer if zero_copy and len(f) > 65536 else f.bytes for f in raw[1:]]
 
 
 def _read(item: bytes | str | os.PathLike) -> bytes:

@@ -10,6 +10,12 @@ header; frames 1.. are binary parts (PNG images, OpenPose JSON), described in or
     header = {"v": 1, "type": "submit", "req": "c1-7", "parts": [{"name": "reference.png", "role":
               "reference", "kind": "png"}, ...], ...type-specific fields}
 
+Revisions: the wire version `v` is still 1; revision 2 adds raw RGB result frames (`result_format:
+"rgb8"` in a submit, parts of kind "rgb8" in a result). It is additive: a revision-1 server ignores the
+unknown `result_format` key and answers with PNG frames (clients read each part's `kind`), and a
+revision-1 client never asks for rgb8, so it only ever sees PNG frames. Servers advertise `revision` and
+`frame_formats` in hello.
+
 The ROUTER on the server side prepends the client's routing id; it is not part of this module's frames.
 """
 
@@ -26,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
+# Additive revisions of version 1 (see the module docstring and docs/protocol.md): 2 = rgb8 result frames.
+PROTOCOL_REVISION = 2
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 # Messages a client sends, and messages a server sends.
@@ -40,6 +48,8 @@ TERMINAL_STATES = frozenset({"done", "failed", "cancelled", "interrupted"})
 PHASES = ("queued", "preparing", "loading", "denoising", "decoding", "saving")
 
 POSE_FORMATS = ("png", "openpose_json")
+# Result frame formats: "png" (default) or "rgb8" (raw 8-bit RGB, row-major, width*height*3 bytes; rev 2).
+FRAME_FORMATS = ("png", "rgb8")
 
 # Stable error codes -> the hint sent when the sender has nothing more specific to say.
 ERROR_HINTS: dict[str, str] = {
@@ -216,7 +226,8 @@ def decode(
     req = header.get("req")
     if req is not None and (not isinstance(req, str) or not _REQ_RE.match(req)):
         raise ProtocolError("bad_request", "'req' must be a string of 1-64 letters, digits or ._:-")
-    parts = [bytes(f) for f in frames[1:]]
+    # bytes and memoryviews (zero-copy views of received frames) are kept as they are
+    parts = [f if isinstance(f, bytes | memoryview) else bytes(f) for f in frames[1:]]
     descriptors = header.get("parts", [])
     if not isinstance(descriptors, list) or len(descriptors) != len(parts):
         raise ProtocolError(
@@ -476,6 +487,7 @@ class SubmitRequest:
     params: JobParams
     reference_info: PngInfo | None = None
     req: str | None = None
+    result_format: str = "png"
 
     @property
     def num_frames(self) -> int:
@@ -491,9 +503,11 @@ def build_submit(
     pose_names: Sequence[str] | None = None,
     req: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    result_format: str | None = None,
 ) -> list[bytes]:
     """Frames for a submit. Validates everything a server would (raises ProtocolError), so a client fails
-    fast with the same code the server would send."""
+    fast with the same code the server would send. `result_format`: None/"png" (default) or "rgb8"
+    (revision 2; a revision-1 server ignores it and sends PNG)."""
     if isinstance(params, JobParams):
         params = params.to_dict()
     params = dict(params or {})
@@ -504,6 +518,8 @@ def build_submit(
     parts_desc = [{"name": "reference.png", "role": "reference", "kind": "png"}]
     parts_desc += [{"name": n, "role": "pose", "kind": "png" if ext == "png" else "json"} for n in names]
     fields: dict[str, Any] = {"pose_format": pose_format, "params": params, "parts": parts_desc}
+    if result_format is not None and result_format != "png":
+        fields["result_format"] = result_format
     if req:
         fields["req"] = req
     frames = encode("submit", fields, [bytes(reference_png), *(bytes(p) for p in poses)])
@@ -518,6 +534,9 @@ def parse_submit(msg: Message, limits: Limits = DEFAULT_LIMITS) -> SubmitRequest
     if pose_format not in POSE_FORMATS:
         raise ProtocolError("bad_request", f"pose_format must be one of {', '.join(POSE_FORMATS)}")
     params = parse_params(h.get("params"), limits)
+    result_format = h.get("result_format", "png")
+    if result_format not in FRAME_FORMATS:
+        raise ProtocolError("bad_request", f"result_format must be one of {', '.join(FRAME_FORMATS)}")
     descriptors = h.get("parts", [])
     reference: bytes | None = None
     poses: list[bytes] = []
@@ -556,7 +575,7 @@ def parse_submit(msg: Message, limits: Limits = DEFAULT_LIMITS) -> SubmitRequest
             check_png(data, limits, f"pose {name}")
         else:
             check_pose_json(data, limits, f"pose {name}")
-    return SubmitRequest(reference, poses, pose_format, names, params, ref_info, h.get("req"))
+    return SubmitRequest(reference, poses, pose_format, names, params, ref_info, h.get("req"), result_format)
 
 
 # ----------------------------------------------------------------------------- cancel / status / fetch
@@ -617,36 +636,124 @@ def build_progress(
     return encode("progress", fields)
 
 
+def frame_name(index: int, frame_format: str = "png") -> str:
+    """File name of output frame `index`: 0000.png, or 0000.rgb for rgb8."""
+    return f"{index:04d}.{'rgb' if frame_format == 'rgb8' else 'png'}"
+
+
 def build_result(
-    job_id: str, frames_png: Sequence[bytes], meta: Mapping[str, Any] | None = None, req: str | None = None
-) -> list[bytes]:
-    """A result: one PNG part per output frame, named 0000.png, 0001.png, ..."""
+    job_id: str,
+    frames: Sequence[Any],
+    meta: Mapping[str, Any] | None = None,
+    req: str | None = None,
+    *,
+    frame_format: str = "png",
+    width: int | None = None,
+    height: int | None = None,
+) -> list[Any]:
+    """A result: one part per output frame, named 0000.png, ... (or 0000.rgb ... for rgb8, whose
+    descriptors carry `width` and `height`). Frames may be any buffer (bytes, memoryview, numpy array):
+    they are sent as they are, without a copy."""
+    if frame_format not in FRAME_FORMATS:
+        raise ValueError(f"unknown frame format {frame_format!r}")
+    desc: dict[str, Any] = {"role": "frame", "kind": frame_format}
+    if frame_format == "rgb8":
+        if not (width and height):
+            raise ValueError("rgb8 frames need width and height")
+        desc.update(width=int(width), height=int(height))
     fields: dict[str, Any] = {
         "job_id": job_id,
         "meta": dict(meta or {}),
-        "parts": [{"name": f"{i:04d}.png", "role": "frame", "kind": "png"} for i in range(len(frames_png))],
+        "parts": [{"name": frame_name(i, frame_format), **desc} for i in range(len(frames))],
     }
     if req:
         fields["req"] = req
-    return encode("result", fields, frames_png)
+    return encode("result", fields, frames)
 
 
 @dataclass
 class Result:
-    """A finished job: its frames as PNG bytes (in order), and server metadata (seed, timings, ...)."""
+    """A finished job: its frames in order, and server metadata (seed, timings, ...).
+
+    `frame_format` "png": each frame is a PNG file's bytes. "rgb8": each frame is width*height*3 bytes of
+    raw RGB (rows top to bottom), as a bytes-like object (the client hands out zero-copy memoryviews of
+    the received message); `png_frames()` turns them into PNG files without Pillow."""
 
     job_id: str
     frames: list[bytes]
     meta: dict[str, Any]
     names: list[str] = field(default_factory=list)
+    frame_format: str = "png"
+    width: int | None = None
+    height: int | None = None
+
+    def png_frames(self, compress_level: int = 6) -> list[bytes]:
+        """The frames as PNG bytes, whatever format they arrived in."""
+        if self.frame_format == "png":
+            return list(self.frames)
+        assert self.width and self.height
+        return [encode_png_rgb8(f, self.width, self.height, compress_level) for f in self.frames]
+
+
+def result_from_parts(header: Mapping[str, Any], parts: Sequence[bytes]) -> Result:
+    """Validate a result's part descriptors (names, one kind for all, rgb8 sizes) and build the Result."""
+    descriptors = header.get("parts", [])
+    if not isinstance(descriptors, list) or len(descriptors) != len(parts):
+        raise ProtocolError("bad_message", "the result's parts list does not match its frames")
+    names, kinds, sizes = [], set(), set()
+    for i, (d, data) in enumerate(zip(descriptors, parts, strict=True)):
+        if not isinstance(d, dict):
+            raise ProtocolError("bad_message", "each entry of 'parts' must be an object")
+        names.append(check_name(d.get("name", f"{i:04d}.png"), "frame name"))
+        kind = d.get("kind", "png")
+        if kind not in FRAME_FORMATS:
+            raise ProtocolError(
+                "bad_message", f"result frame {names[-1]!r} has unknown kind {str(kind)[:20]!r}"
+            )
+        kinds.add(kind)
+        if kind == "rgb8":
+            w, h = d.get("width"), d.get("height")
+            if not (_is_int(w) and _is_int(h) and w > 0 and h > 0) or len(data) != w * h * 3:
+                raise ProtocolError(
+                    "bad_message", f"rgb8 frame {names[-1]!r} is {len(data)} bytes, not width*height*3"
+                )
+            sizes.add((w, h))
+    if len(kinds) > 1 or len(sizes) > 1:
+        raise ProtocolError("bad_message", "result frames must share one kind and one size")
+    frame_format = kinds.pop() if kinds else "png"
+    width, height = sizes.pop() if sizes else (None, None)
+    meta = header.get("meta") or {}
+    return Result(
+        check_job_id(header.get("job_id")),
+        list(parts),
+        dict(meta) if isinstance(meta, dict) else {},
+        names,
+        frame_format,
+        width,
+        height,
+    )
 
 
 def parse_result(msg: Message) -> Result:
-    names = [check_name(d.get("name"), "frame name") for d in msg.header.get("parts", [])]
-    meta = msg.header.get("meta") or {}
-    return Result(
-        check_job_id(msg.header.get("job_id")), list(msg.parts), meta if isinstance(meta, dict) else {}, names
-    )
+    return result_from_parts(msg.header, msg.parts)
+
+
+def encode_png_rgb8(data: bytes, width: int, height: int, compress_level: int = 6) -> bytes:
+    """A PNG file (8-bit RGB, filter 0) of raw RGB bytes, with zlib only (no Pillow: Blender lacks it)."""
+    stride = width * 3
+    if len(data) != stride * height:
+        raise ValueError(f"{len(data)} bytes is not {width}x{height} RGB")
+    view = memoryview(data).cast("B")
+    raw = bytearray((stride + 1) * height)  # each row: filter byte 0, then the row
+    for y in range(height):
+        raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)] = view[y * stride : (y + 1) * stride]
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(bytes(raw), compress_level)
+    return _PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 # ------------------------------------------------------------------------------------------ addresses

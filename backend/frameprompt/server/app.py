@@ -199,6 +199,8 @@ class Server:
             "server": "frameprompt",
             "version": frameprompt.__version__,
             "protocol": P.PROTOCOL_VERSION,
+            "revision": P.PROTOCOL_REVISION,
+            "frame_formats": list(P.FRAME_FORMATS),
             "model": caps.pop("model", None),
             "ready": self.ready,
             "devices": list(self.config.devices),
@@ -274,7 +276,7 @@ class Server:
     def _send(self, identity: bytes, frames: list[Any]) -> None:
         assert self._router is not None
         try:
-            self._router.send_multipart([identity, *frames], copy=len(frames) < 4)
+            self._router.send_multipart([identity, *frames], copy=False)  # pyzmq copies small frames
         except zmq.ZMQError as exc:  # the peer is gone or its queue is full: drop, as ROUTER does
             log.warning("could not send to client %s: %s", identity.hex()[:16], exc)
 
@@ -401,8 +403,20 @@ class Server:
         if rec is None:
             raise P.ProtocolError("unknown_job", f"no job {job_id}")
         if rec.state == "done":
-            frames = self.store.read_outputs(job_id)
-            self._send(identity, P.build_result(job_id, frames, rec.status.get("meta"), req=msg.req))
+            meta = rec.status.get("meta") or {}
+            fmt = meta.get("frame_format", "png")
+            fmt = fmt if fmt in P.FRAME_FORMATS else "png"
+            frames = self.store.read_outputs(job_id, fmt)
+            result = P.build_result(
+                job_id,
+                frames,
+                meta,
+                req=msg.req,
+                frame_format=fmt,
+                width=meta.get("width"),
+                height=meta.get("height"),
+            )
+            self._send(identity, result)
         elif rec.terminal:
             err = rec.status.get("error") or {}
             code = err.get("code") or ("interrupted" if rec.state == "interrupted" else rec.state)

@@ -90,7 +90,7 @@ class PipelineRunner:
 
         call: dict[str, Any] = dict(
             reference_image=job.reference,
-            pose_frames=job.poses,
+            pose_frames=list(job.poses),
             prompt=p.prompt,
             num_inference_steps=steps,
             generator=generator,

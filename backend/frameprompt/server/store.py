@@ -4,7 +4,8 @@
                         state.json       {"state", "created", "updated", "error", "num_frames", "meta"}
                         inputs/reference.png
                         inputs/pose/<name>               one per frame (PNG or OpenPose JSON)
-                        outputs/0000.png ...             only once the job is done
+                        outputs/0000.png ...             only once the job is done (0000.rgb ... for
+                                                         rgb8 results; state.json meta says which)
 
 A job folder is assembled as `.tmp-<job_id>` and renamed into place, so it either exists whole or not at
 all; `outputs/` is written as `outputs.tmp/` and renamed before state.json says "done"; state.json is
@@ -27,7 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frameprompt_blender.core.protocol import TERMINAL_STATES, SubmitRequest, check_job_id, check_name
+from frameprompt_blender.core.protocol import (
+    TERMINAL_STATES,
+    SubmitRequest,
+    check_job_id,
+    check_name,
+    frame_name,
+)
 
 log = logging.getLogger("frameprompt.server")
 
@@ -111,6 +118,8 @@ class JobStore:
                 "pose_names": submit.pose_names,
                 "params": submit.params.to_dict(),
             }
+            if submit.result_format != "png":
+                request["result_format"] = submit.result_format
             now = time.time()
             status = {"state": "queued", "created": now, "updated": now, "num_frames": submit.num_frames}
             atomic_write(tmp / "job.json", json.dumps(request).encode(), fsync=self.fsync)
@@ -155,26 +164,39 @@ class JobStore:
             self._cache[job_id] = new
         return new
 
-    def write_outputs(self, job_id: str, frames_png: Sequence[bytes]) -> None:
-        """Write the output frames as outputs/0000.png ... (all or nothing)."""
+    def write_outputs(self, job_id: str, frames: Sequence[Any], frame_format: str = "png") -> None:
+        """Write the output frames (any buffers) as outputs/0000.png ... or 0000.rgb ... (all or nothing).
+
+        One unbuffered write per file straight from the frame's buffer (no copy); with fsync, all files
+        are written first and then synced, so the disk can flush them together."""
         d = self.job_dir(job_id)
         tmp = d / "outputs.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        for i, data in enumerate(frames_png):
-            with open(tmp / f"{i:04d}.png", "wb") as f:
-                f.write(data)
-                if self.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+        fds = []
+        try:
+            for i, data in enumerate(frames):
+                fd = os.open(tmp / frame_name(i, frame_format), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fds.append(fd)
+                view = memoryview(data).cast("B")
+                written = 0
+                while written < len(view):
+                    written += os.write(fd, view[written:])
+            if self.fsync:
+                for fd in fds:
+                    os.fsync(fd)
+        finally:
+            for fd in fds:
+                os.close(fd)
         shutil.rmtree(d / "outputs", ignore_errors=True)
         os.replace(tmp, d / "outputs")
         if self.fsync:
             _fsync_dir(d)
 
-    def read_outputs(self, job_id: str) -> list[bytes]:
+    def read_outputs(self, job_id: str, frame_format: str = "png") -> list[bytes]:
         d = self.outputs_dir(job_id)
-        return [p.read_bytes() for p in sorted(d.glob("[0-9]*.png"))]
+        ext = "rgb" if frame_format == "rgb8" else "png"
+        return [p.read_bytes() for p in sorted(d.glob(f"[0-9]*.{ext}"))]
 
     def read_inputs(self, job_id: str) -> tuple[bytes, list[tuple[str, bytes]]]:
         """(reference PNG bytes, [(pose name, pose bytes), ...]) in frame order."""

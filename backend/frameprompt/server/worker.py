@@ -45,21 +45,60 @@ class JobCancelled(Exception):
     """Raised inside a runner (through RunContext.check_cancelled) when the client cancelled the job."""
 
 
+class LazyImages(Sequence):
+    """A read-only list of images decoded on first access (and cached), with the decode time summed in
+    `seconds`. The I/O loop has already checked each part's PNG header, chunk CRCs and size caps; pixels
+    are decoded (with the decompression-bomb guard) only when a runner reads them, so that cost counts as
+    model time, and a runner that never reads them (a precomputed-frames benchmark) never pays it."""
+
+    def __init__(self, count: int, decode: Callable[[int], Image.Image]) -> None:
+        self._decode = decode
+        self._items: list[Image.Image | None] = [None] * count
+        self.seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self._items)))]
+        item = self._items[index]
+        if item is None:
+            t0 = time.perf_counter()
+            item = self._items[index] = self._decode(index % len(self._items))
+            self.seconds += time.perf_counter() - t0
+        return item
+
+
 @dataclass
 class JobSpec:
-    """What a runner gets: decoded images and validated parameters (the seed is always set)."""
+    """What a runner gets: images (decoded on first access) and validated parameters (the seed is set).
+
+    `reference` and `poses` read like a PIL image and a list of PIL images; the worker passes lazy ones
+    (see LazyImages), tests may pass plain images."""
 
     job_id: str
-    reference: Image.Image
-    poses: list[Image.Image]
+    reference_source: Any  # an Image, or a LazyImages of one
+    poses: Sequence[Image.Image]
     params: P.JobParams
     device: str
     lora_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    result_format: str = "png"
+
+    @property
+    def reference(self) -> Image.Image:
+        src = self.reference_source
+        return src[0] if isinstance(src, LazyImages) else src
 
     @property
     def num_frames(self) -> int:
         return len(self.poses)
+
+    @property
+    def decode_seconds(self) -> float:
+        """Time spent decoding inputs so far (only for lazily decoded inputs)."""
+        return sum(x.seconds for x in (self.reference_source, self.poses) if isinstance(x, LazyImages))
 
 
 class Runner(Protocol):
@@ -188,6 +227,50 @@ def encode_png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def encode_frames(images: Sequence[Any], frame_format: str, limits: P.Limits) -> tuple[list[Any], int, int]:
+    """A runner's output frames as protocol parts of `frame_format`, plus their (width, height).
+
+    A runner may return PIL images, uint8 arrays of shape (H, W, 3), or PNG files (bytes). Nothing is
+    converted that need not be: PNG bytes are checked (header, chunk CRCs, size caps; no pixel decode)
+    and sent as they are for "png"; arrays are sent as buffers (no copy) for "rgb8"; PIL images are
+    encoded once (PNG compress_level 1) or copied once (rgb8). Every frame must have the same size."""
+    import numpy as np
+    from PIL import Image
+
+    out: list[Any] = []
+    sizes: set[tuple[int, int]] = set()
+    for i, item in enumerate(images):
+        what = f"output frame {i}"
+        if isinstance(item, bytes | bytearray | memoryview):
+            info = P.check_png(item, limits, what)
+            sizes.add((info.width, info.height))
+            if frame_format == "png":
+                out.append(item)
+            else:  # a PNG runner asked for raw frames: decode once
+                out.append(np.asarray(decode_png(bytes(item), limits, what)))
+        elif isinstance(item, np.ndarray):
+            arr = item
+            if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+                raise FramePromptError(
+                    f"{what} is a {arr.dtype} array of shape {arr.shape}, not (H, W, 3) uint8"
+                )
+            sizes.add((arr.shape[1], arr.shape[0]))
+            if frame_format == "png":
+                out.append(encode_png(Image.fromarray(arr)))
+            else:
+                out.append(np.ascontiguousarray(arr))
+        elif isinstance(item, Image.Image):
+            im = item if item.mode == "RGB" else item.convert("RGB")
+            sizes.add(im.size)
+            out.append(encode_png(im) if frame_format == "png" else im.tobytes())
+        else:
+            raise FramePromptError(f"{what} is a {type(item).__name__}, not an image, array or PNG bytes")
+    if len(sizes) > 1:
+        raise FramePromptError(f"the model returned frames of different sizes: {sorted(sizes)}")
+    width, height = sizes.pop() if sizes else (0, 0)
+    return out, width, height
+
+
 class Worker(threading.Thread):
     """One device: loads its runner once, then runs queued jobs one at a time until stopped."""
 
@@ -228,7 +311,7 @@ class Worker(threading.Thread):
         with self._lock:
             assert self._sock is not None
             try:
-                self._sock.send_multipart([kind, job_id.encode(), *frames], copy=len(frames) < 4)
+                self._sock.send_multipart([kind, job_id.encode(), *frames], copy=False)
             except zmq.ZMQError as exc:  # the I/O loop has stopped; the state on disk is what counts
                 log.warning("job %s: could not report %s to the I/O loop: %s", job_id, kind.decode(), exc)
 
@@ -297,20 +380,29 @@ class Worker(threading.Thread):
                     "check the server log",
                 )
             ctx.progress("saving", 0, len(images))
-            frames = [encode_png(im) for im in images]
+            t1 = time.monotonic()
+            fmt = spec.result_format
+            frames, width, height = encode_frames(images, fmt, self.limits)
+            t2 = time.monotonic()
             meta = {
                 "seed": spec.params.seed,
                 "num_frames": len(frames),
-                "width": images[0].width if images else 0,
-                "height": images[0].height if images else 0,
+                "width": width,
+                "height": height,
                 "steps": spec.params.steps,
                 "device": self.device,
+                "frame_format": fmt,
+                # model_s: the runner's call, including decoding the inputs it read (decode_s of it)
                 "model_s": round(model_s, 4),
-                "total_s": round(time.monotonic() - started, 4),
+                "decode_s": round(spec.decode_seconds, 4),
+                "encode_s": round(t2 - t1, 4),
             }
-            self.store.write_outputs(job_id, frames)
+            self.store.write_outputs(job_id, frames, fmt)
+            meta["persist_s"] = round(time.monotonic() - t2, 4)  # outputs; state.json below
+            meta["total_s"] = round(time.monotonic() - started, 4)
             self.store.set_state(job_id, "done", meta=meta, error=None)
-            self._send(b"final", job_id, P.build_result(job_id, frames, meta))
+            result = P.build_result(job_id, frames, meta, frame_format=fmt, width=width, height=height)
+            self._send(b"final", job_id, result)
             log.info(
                 "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
             )
@@ -359,21 +451,34 @@ class Worker(threading.Thread):
         if params.seed is None:
             params.seed = secrets.randbits(62)
         reference_png, poses = self.store.read_inputs(job_id)
-        reference = decode_png(reference_png, self.limits, "reference image")
-        width = params.width or reference.width
-        height = params.height or reference.height
-        images = []
+        # Header, CRCs and size caps again (cheap, no pixel decode): the files came from disk.
+        info = P.check_png(reference_png, self.limits, "reference image")
         for name, data in poses:
-            if rec.request.get("pose_format") == "openpose_json":
-                images.append(pose_json_to_image(data, width, height, self.limits, f"pose {name}"))
-            else:
-                images.append(decode_png(data, self.limits, f"pose {name}"))
+            if rec.request.get("pose_format") != "openpose_json":
+                P.check_png(data, self.limits, f"pose {name}")
+        width = params.width or info.width
+        height = params.height or info.height
+        json_poses = rec.request.get("pose_format") == "openpose_json"
+        limits = self.limits
+
+        def decode_pose(i: int) -> Image.Image:
+            name, data = poses[i]
+            if json_poses:
+                return pose_json_to_image(data, width, height, limits, f"pose {name}")
+            return decode_png(data, limits, f"pose {name}")
+
+        reference = LazyImages(1, lambda _i: decode_png(reference_png, limits, "reference image"))
         lora_path = None
         if params.lora:
             lora_path = self.lora_paths().get(params.lora)
             if lora_path is None:
                 raise P.ProtocolError("unknown_lora", f"the server has no LoRA named {params.lora!r}")
-        return JobSpec(job_id, reference, images, params, self.device, lora_path)
+        fmt = rec.request.get("result_format", "png")
+        if fmt not in P.FRAME_FORMATS:
+            fmt = "png"
+        return JobSpec(
+            job_id, reference, LazyImages(len(poses), decode_pose), params, self.device, lora_path, {}, fmt
+        )
 
 
 def describe(runner: Any) -> dict[str, Any]:
