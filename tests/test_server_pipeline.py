@@ -32,7 +32,7 @@ def test_tiny_pipeline_round_trip_and_cancel(tmp_path) -> None:
         server.wait_ready(120)
         with FramePromptClient(server.address, timeout=10.0) as client:
             info = client.hello()
-            assert info["model"] == "model" and info["model_info"]["frame_multiple"] == 4
+            assert info["model"] == "model" and info["model_info"]["frame_multiple"] == 1
             job = client.submit(_png(reference), [_png(p) for p in poses], steps=2, seed=7)
             events = list(job.events(timeout=120))
             assert events[-1].type == "result", events[-1].header
@@ -55,12 +55,45 @@ def test_tiny_pipeline_round_trip_and_cancel(tmp_path) -> None:
             assert info.value.code == "cancelled"
             assert long_job.progress["step"] < 200
 
-            # a frame count the model cannot lay out is a clean error, and the worker goes on
-            bad = client.submit(_png(reference), [_png(p) for p in poses[:3]], steps=1)
+            # a size the model cannot lay out is a clean error, and the worker goes on
+            bad = client.submit(_png(reference), [_png(p) for p in poses], steps=1, width=40, height=32)
             with pytest.raises(RemoteError) as info:
                 bad.result(60)
             assert info.value.code != "internal_error", info.value
             again = client.submit(_png(reference), [_png(p) for p in poses], steps=1, seed=7)
             assert len(again.result(120).frames) == 4
+    finally:
+        server.stop()
+
+
+def test_any_frame_count_is_split_into_windows(tmp_path) -> None:
+    from frameprompt.testing import demo_inputs, tiny_pipeline_dir
+
+    model = tiny_pipeline_dir(tmp_path / "model")
+    reference, poses = demo_inputs(num_frames=11, size=32)
+    config = ServerConfig(
+        bind="tcp://127.0.0.1:*",
+        jobs_dir=tmp_path / "jobs",
+        fsync=False,
+        window_frames=8,
+        long_animation=True,
+    )
+    runner = resolve_runner_factory("pipeline", str(model), window_frames=8, overlap_frames=4)
+    server = Server(config, runner)
+    server.start()
+    try:
+        server.wait_ready(120)
+        with FramePromptClient(server.address, timeout=10.0) as client:
+            for count in (3, 11):  # below one window and not a multiple of 4; two windows
+                job = client.submit(_png(reference), [_png(p) for p in poses[:count]], steps=1, seed=3)
+                events = list(job.events(timeout=120))
+                assert events[-1].type == "result", events[-1].header
+                totals = {
+                    e.header["total"]
+                    for e in events
+                    if e.type == "progress" and e.header["phase"] == "denoising"
+                }
+                assert totals == {1 if count <= 8 else 2}  # one step per window
+                assert len(job.result().frames) == count
     finally:
         server.stop()

@@ -68,8 +68,7 @@ def _resolve_object(scene: Any, obj: Any, kind: str) -> Any:
 
 
 def _default_num_frames(scene: Any, start: int) -> int:
-    available = scene.frame_end - start + 1
-    return max(4, available // 4 * 4)
+    return max(1, scene.frame_end - start + 1)
 
 
 def render_sequencer_mp4(
@@ -230,9 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--armature", help="armature object name (default: the scene's only armature)")
     p.add_argument("--camera", help="camera object name (default: the scene camera)")
     p.add_argument("--start", type=int, help="first frame (default: the scene start)")
-    p.add_argument(
-        "--frames", type=int, help="number of frames N, a multiple of 4 (default: the scene range)"
-    )
+    p.add_argument("--frames", type=int, help="number of frames N, any count (default: the scene range)")
     p.add_argument("--width", type=int, default=480)
     p.add_argument("--height", type=int, default=832)
     p.add_argument("--steps", type=int, default=20)

@@ -92,8 +92,8 @@ def spec_problems(spec: JobSpec) -> list[str]:
     cam = bpy.data.objects.get(spec.camera) if spec.camera else None
     if cam is None or cam.type != "CAMERA":
         problems.append("No camera: add a camera to the scene (Add > Camera) or pick one in the Camera field")
-    if spec.num_frames < 4 or spec.num_frames % 4:
-        problems.append(f"N = {spec.num_frames} frames is not a multiple of 4: use 4, 8, 12, 16, ...")
+    if spec.num_frames < 1:
+        problems.append(f"N = {spec.num_frames} frames: animate at least 1 frame")
     if spec.width % 16 or spec.height % 16 or spec.width < 16 or spec.height < 16:
         problems.append(f"Resolution {spec.width}×{spec.height}: width and height must be multiples of 16")
     if spec.reference_source == "IMAGE":

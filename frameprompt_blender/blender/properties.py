@@ -82,12 +82,12 @@ class FRAMEPROMPT_SceneSettings(bpy.types.PropertyGroup):
     )
     num_frames: IntProperty(  # type: ignore[valid-type]
         name="Frames (N)",
-        description="Number of frames to generate (the pose frames start..start+N-1). Must be a multiple "
-        "of 4: the video VAE compresses 4 frames into one latent frame",
+        description="Number of frames to generate (the pose frames start..start+N-1). Any count works: "
+        "the backend animates windows of its model's length (40 frames by default) and carries the last "
+        "frames of each window into the next, so long shots stay continuous",
         default=16,
-        min=4,
-        soft_max=128,
-        step=4,
+        min=1,
+        soft_max=256,
     )
     resolution_preset: EnumProperty(  # type: ignore[valid-type]
         name="Resolution",

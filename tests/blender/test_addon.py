@@ -77,11 +77,11 @@ def test_spec_problems_name_the_fix(empty_scene):
     scene = empty_scene
     scene.camera = bpy.context.active_object
     arm = next(o for o in scene.objects if o.type == "ARMATURE")
-    spec = JobSpec(scene.name, arm.name, scene.camera.name, frame_start=1, num_frames=6, width=64, height=60)
+    spec = JobSpec(scene.name, arm.name, scene.camera.name, frame_start=1, num_frames=0, width=64, height=60)
     problems = spec_problems(spec)
-    assert any("multiple of 4" in p and "4, 8, 12" in p for p in problems)
+    assert any("at least 1 frame" in p for p in problems)
     assert any("multiples of 16" in p for p in problems)
-    spec.num_frames, spec.height = 8, 64
+    spec.num_frames, spec.height = 6, 64  # any count: the backend splits it into windows
     assert spec_problems(spec) == []
     spec.reference_source, spec.reference_image = "IMAGE", "/nonexistent/concept.png"
     assert any("does not exist" in p for p in spec_problems(spec))

@@ -203,8 +203,8 @@ def test_batch_bad_frame_count_exits_non_zero(empty_scene, tmp_path):
     bpy.ops.object.armature_add()
     bpy.ops.object.camera_add()
     bpy.context.scene.camera = bpy.context.active_object
-    path = tmp_path / "n6.blend"
+    path = tmp_path / "n0.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(path))
-    run = _batch(str(path), "--out", str(tmp_path / "out"), "--export-only", "--frames", "6")
+    run = _batch(str(path), "--out", str(tmp_path / "out"), "--export-only", "--frames", "0")
     assert run.returncode != 0
-    assert "multiple of 4" in run.stderr, run.stderr
+    assert "at least 1 frame" in run.stderr, run.stderr

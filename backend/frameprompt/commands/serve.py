@@ -63,7 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window-frames",
         type=int,
         default=None,
-        help="frames the model makes per job; longer jobs are refused (default: no extra cap)",
+        help="frames per generation window (default 40); longer jobs run window by window",
+    )
+    parser.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="frames each window carries over from the previous one (default 8)",
     )
     parser.add_argument(
         "--lora-dir", type=Path, default=None, help="folder of LoRAs clients may pick by name"
@@ -124,6 +130,10 @@ def run(args: argparse.Namespace) -> int:
         options = _runner_options(args.runner_option)
         if args.runner == "pipeline" and args.steps:
             options.setdefault("default_steps", args.steps)
+        if args.runner == "pipeline" and args.window_frames:
+            options.setdefault("window_frames", args.window_frames)
+        if args.runner == "pipeline" and args.overlap is not None:
+            options.setdefault("overlap_frames", args.overlap)
         factory = resolve_runner_factory(args.runner, args.model, **options)
         devices = (
             [d.strip() for d in args.devices.split(",") if d.strip()]
@@ -149,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             keep_days=args.keep_days,
             fsync=not args.no_fsync,
             window_frames=args.window_frames,
+            long_animation=args.runner == "pipeline",
         )
         server = Server(config, factory)
         server.start()

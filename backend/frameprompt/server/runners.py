@@ -23,6 +23,8 @@ from .worker import JobCancelled, JobSpec, RunContext, Runner, RunnerFactory
 log = logging.getLogger("frameprompt.server")
 
 DEFAULT_STEPS = 50
+DEFAULT_WINDOW_FRAMES = 40  # the paper's N
+DEFAULT_OVERLAP_FRAMES = 8
 
 
 class PipelineRunner:
@@ -36,9 +38,13 @@ class PipelineRunner:
         dtype: Any = None,
         default_steps: int = DEFAULT_STEPS,
         default_guidance: float | None = None,
+        window_frames: int = DEFAULT_WINDOW_FRAMES,
+        overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
     ) -> None:
         from frameprompt.loading import load_pipeline
 
+        self.window_frames = int(window_frames)
+        self.overlap_frames = int(overlap_frames)
         self.model_path = model_path
         self.device = device
         self.default_steps = default_steps
@@ -52,7 +58,10 @@ class PipelineRunner:
         return {
             "model": name,
             "default_steps": self.default_steps,
-            "frame_multiple": 4,
+            # any frame count: longer jobs run window by window (frameprompt.windows)
+            "frame_multiple": 1,
+            "window_frames": self.window_frames,
+            "overlap_frames": self.overlap_frames,
             "resolution_multiple": 16,
         }
 
@@ -76,14 +85,23 @@ class PipelineRunner:
 
         p = job.params
         self._use_lora(job.lora_path, p.lora_scale if p.lora_scale is not None else 1.0, ctx)
+        from frameprompt.method import SequenceLayout
+        from frameprompt.windows import plan_windows
+
         steps = p.steps or self.default_steps
         generator = torch.Generator(device="cpu").manual_seed(int(p.seed or 0))
+        multiple = SequenceLayout.frame_multiple(int(self.pipe.vae.config.scale_factor_temporal))
+        windows = len(plan_windows(len(job.poses), self.window_frames, self.overlap_frames, multiple))
+        total = steps * windows  # progress counts the steps of every window
+        done = 0
 
         def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
+            nonlocal done
             if ctx.cancelled:
                 pipe._interrupt = True
                 return kwargs
-            ctx.progress("denoising", i + 1, steps)
+            done += 1
+            ctx.progress("denoising", done, total)
             if i + 1 == steps:
                 ctx.progress("decoding")
             return kwargs
@@ -102,9 +120,11 @@ class PipelineRunner:
         guidance = p.guidance_scale if p.guidance_scale is not None else self.default_guidance
         if guidance is not None:
             call["guidance_scale"] = guidance
-        ctx.progress("denoising", 0, steps)
+        ctx.progress("denoising", 0, total)
         try:
-            out = self.pipe(**call)
+            out = self.pipe.generate_long(
+                window_frames=self.window_frames, overlap_frames=self.overlap_frames, **call
+            )
         except FramePromptError as exc:
             if exc.code == "cancelled" or ctx.cancelled:
                 raise JobCancelled(job.job_id) from None
