@@ -12,3 +12,14 @@ def tiny_model_dir(tmp_path_factory):
     from frameprompt.testing import tiny_pipeline_dir
 
     return tiny_pipeline_dir(tmp_path_factory.mktemp("tiny_model") / "model")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -12,16 +12,7 @@ import torch
 from frameprompt import data
 from frameprompt.data import DatasetError, load_dataset, synthetic_dataset, validate_dataset
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _pose_json(n_points: int = 18, width: int = 32, height: int = 32) -> dict:

@@ -20,19 +20,9 @@ pytestmark = [
     pytest.mark.skipif(
         importlib.util.find_spec("bpy") is None, reason="needs bpy (pip install 'bpy==4.5.*')"
     ),
+    pytest.mark.usefixtures("one_torch_thread"),
 ]
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _render(out: Path, clips: int, *extra: str) -> subprocess.CompletedProcess:

@@ -24,16 +24,7 @@ from frameprompt.train import (
 )
 from safetensors.torch import load_file
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny models gain nothing from threads; on a shared 2-core machine a second one only spins."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
