@@ -50,6 +50,7 @@ def test_generate_writes_exactly_n_frames_and_a_video(tiny_model_dir, inputs):
 def test_generate_from_openpose_json_folder(tiny_model_dir, tmp_path):
     pytest.importorskip("frameprompt_blender.core.openpose_json")
     import numpy as np
+
     from frameprompt_blender.core.keypoints import Pose
     from frameprompt_blender.core.openpose_json import write_pose_json
 

@@ -136,7 +136,6 @@ def test_prompt_goes_through_the_text_encoder_padded_with_zeros_to_512():
 
 def test_a_lighter_vae_changes_the_numbers_not_the_code():
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-
     from frameprompt.pipeline import default_scheduler
     from frameprompt.testing import TINY_TRANSFORMER
 

@@ -201,7 +201,7 @@ def build_demo_scene(scene: Any = None) -> DemoScene:
     scene.camera = cam
 
     light_data = bpy.data.lights.new("FP_Sun", "SUN")
-    light_data.energy = 3.0
+    light_data.energy = 3.0  # type: ignore[attr-defined]  # a SunLight
     light = bpy.data.objects.new("FP_Sun", light_data)
     light.rotation_euler = (math.radians(40), math.radians(10), math.radians(30))
     coll.objects.link(light)

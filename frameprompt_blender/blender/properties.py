@@ -162,13 +162,14 @@ CLASSES = (FRAMEPROMPT_SceneSettings, FRAMEPROMPT_WindowState)
 
 
 def register_props() -> None:
-    bpy.types.Scene.frameprompt = PointerProperty(type=FRAMEPROMPT_SceneSettings)
-    bpy.types.WindowManager.frameprompt = PointerProperty(type=FRAMEPROMPT_WindowState)
+    # Blender's registration idiom: a PointerProperty assigned on the type (unknown to the stubs).
+    bpy.types.Scene.frameprompt = PointerProperty(type=FRAMEPROMPT_SceneSettings)  # type: ignore[attr-defined]
+    bpy.types.WindowManager.frameprompt = PointerProperty(type=FRAMEPROMPT_WindowState)  # type: ignore[attr-defined]
 
 
 def unregister_props() -> None:
-    del bpy.types.WindowManager.frameprompt
-    del bpy.types.Scene.frameprompt
+    del bpy.types.WindowManager.frameprompt  # type: ignore[attr-defined]
+    del bpy.types.Scene.frameprompt  # type: ignore[attr-defined]
 
 
 def effective_armature(scene: Any, settings: Any, context: Any = None) -> Any | None:

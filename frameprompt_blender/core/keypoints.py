@@ -243,9 +243,9 @@ class Pose:
             return False
         if (self.depth is None) != (other.depth is None):
             return False
-        return self.depth is None or np.array_equal(self.depth, other.depth)
+        return self.depth is None or np.array_equal(self.depth, other.depth)  # type: ignore[arg-type]
 
-    __hash__ = None  # mutable arrays inside
+    __hash__ = None  # type: ignore[assignment]  # mutable arrays inside
 
     def __repr__(self) -> str:
         return (

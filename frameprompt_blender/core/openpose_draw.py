@@ -72,7 +72,7 @@ def draw_pose(
     sw = stick_width_for(w, h) if stick_width is None else float(stick_width)
 
     use_depth = depth_order and pose.depth is not None and np.all(np.isfinite(pose.depth[present]))
-    depth = pose.depth.astype(np.float64) if use_depth else None
+    depth = pose.depth.astype(np.float64) if use_depth and pose.depth is not None else None
 
     limb_order = list(range(len(LIMBS)))
     joint_order = list(range(NUM_KEYPOINTS))

@@ -36,7 +36,7 @@ class CameraParams:
     resolution_percentage: int = 100
     pixel_aspect_x: float = 1.0
     pixel_aspect_y: float = 1.0
-    _view: np.ndarray = field(default=None, init=False, repr=False)  # type: ignore[assignment]
+    _view: np.ndarray = field(default_factory=lambda: np.eye(4), init=False, repr=False)
 
     def __post_init__(self) -> None:
         m = np.asarray(self.matrix_world, np.float64).reshape(4, 4).copy()

@@ -29,7 +29,7 @@ import struct
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 PROTOCOL_VERSION = 1
 # Additive revisions of version 1 (see the module docstring and docs/protocol.md): 2 = rgb8 result frames.
@@ -280,7 +280,7 @@ class PngInfo:
         return _PNG_CHANNELS[self.color_type]
 
 
-def png_info(data: bytes, what: str = "image") -> PngInfo:
+def png_info(data: bytes | bytearray | memoryview, what: str = "image") -> PngInfo:
     """Read a PNG's size from its IHDR chunk and walk its chunks (lengths and CRCs) without decoding pixels.
 
     Raises ProtocolError('bad_image') for anything that is not a well-formed PNG.
@@ -318,7 +318,9 @@ def png_info(data: bytes, what: str = "image") -> PngInfo:
     return PngInfo(width, height, depth, color, bool(interlace))
 
 
-def check_png(data: bytes, limits: Limits = DEFAULT_LIMITS, what: str = "image") -> PngInfo:
+def check_png(
+    data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS, what: str = "image"
+) -> PngInfo:
     """png_info() plus the resolution caps. This is the first half of the decompression-bomb guard: a PNG
     never reaches a decoder when its header promises more pixels than the limits (the server decodes with
     Pillow's MAX_IMAGE_PIXELS set as the second half)."""
@@ -351,7 +353,7 @@ def check_pose_json(data: bytes, limits: Limits = DEFAULT_LIMITS, what: str = "p
     return doc
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

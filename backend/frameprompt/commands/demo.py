@@ -66,7 +66,16 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     model = _model_for_demo(args, out)
     address = f"tcp://127.0.0.1:{_free_port()}"
-    command = [sys.executable, "-m", "frameprompt.cli", "serve", "--bind", address, "--jobs-dir", str(out / "jobs")]
+    command = [
+        sys.executable,
+        "-m",
+        "frameprompt.cli",
+        "serve",
+        "--bind",
+        address,
+        "--jobs-dir",
+        str(out / "jobs"),
+    ]
     if model:
         command += ["--model", model]
     log = (out / "server.log").open("w")
