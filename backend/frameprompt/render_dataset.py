@@ -148,6 +148,10 @@ class RenderConfig:
     armature: str | None = None
     camera: str | None = None
     progress: bool = True
+    # built-in scene only: vary the character (frameprompt_blender.blender.characters); "train" or "test"
+    # pool (test = ids % 10 == 0, never in training), `num_characters` ids of it cycled over the clips
+    characters: str | None = None
+    num_characters: int = 0
 
 
 def _bpy():
@@ -288,16 +292,21 @@ def _load_blend_scene(
 
 
 def _builtin_scene(
-    config: RenderConfig, motion: str, rng: random.Random
+    config: RenderConfig, motion: str, rng: random.Random, character: int | None = None
 ) -> tuple[Any, Any, Any, int, int, str]:
     bpy = _bpy()
     from frameprompt_blender.blender.demo_scene import build_demo_scene
 
     bpy.ops.wm.read_homefile(use_empty=True)
     demo = build_demo_scene()
+    if character is not None:
+        from frameprompt_blender.blender.characters import character_params, replace_demo_character
+
+        demo = replace_demo_character(demo, character_params(character))
     length = max(2 * config.frames, 24)
     _key_motion(demo.armature, motion, length, rng)
-    return demo.scene, demo.armature, demo.camera, 1, length, f"builtin:{motion}"
+    name = f"builtin:{motion}" + (f":char{character}" if character is not None else "")
+    return demo.scene, demo.armature, demo.camera, 1, length, name
 
 
 def render_clip(config: RenderConfig, index: int) -> Path:
@@ -319,7 +328,8 @@ def render_clip(config: RenderConfig, index: int) -> Path:
         scene, arm, camera, start, end, source = _load_blend_scene(blend, config, rng)
     else:
         motion = config.motions[index % len(config.motions)]
-        scene, arm, camera, start, end, source = _builtin_scene(config, motion, rng)
+        character = clip_character(config, index)
+        scene, arm, camera, start, end, source = _builtin_scene(config, motion, rng, character)
     n = config.frames
     if end - start + 1 < n:
         raise RuntimeError(f"{source} has {end - start + 1} frames, fewer than --frames {n}")
@@ -349,11 +359,23 @@ def render_clip(config: RenderConfig, index: int) -> Path:
         reference_frame=reference_frame,
         engine=config.engine,
         seed=config.seed,
+        **({"character": clip_character(config, index)} if config.characters and not config.blends else {}),
     )
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def clip_character(config: RenderConfig, index: int) -> int | None:
+    """The character id of clip `index` with --characters (None: the plain demo humanoid)."""
+    if not config.characters:
+        return None
+    from frameprompt_blender.blender.characters import pool_ids
+
+    ids = pool_ids(config.characters, max(1, config.num_characters))
+    # cycle characters with a stride coprime to the motion count, so each character gets several motions
+    return ids[(index // max(1, len(config.motions)) + index) % len(ids)]
 
 
 def render_dataset(config: RenderConfig) -> list[Path]:
@@ -427,6 +449,14 @@ def add_render_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=int, default=16)
     parser.add_argument("--armature", help="armature object name in the .blend files (default: the first)")
     parser.add_argument("--camera", help="camera object name (default: the scene camera)")
+    parser.add_argument(
+        "--characters",
+        choices=["train", "test"],
+        help="built-in scene: vary the procedural character, from the training or the held-out pool",
+    )
+    parser.add_argument(
+        "--num-characters", type=int, default=50, help="how many characters of the pool (default 50)"
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -446,6 +476,8 @@ def config_from_args(args: argparse.Namespace) -> RenderConfig:
         armature=args.armature,
         camera=args.camera,
         progress=not args.no_progress,
+        characters=args.characters,
+        num_characters=args.num_characters,
     )
 
 

@@ -1,0 +1,226 @@
+"""The recipe of the embedded default model: the steps `scripts/train_default_model.sh` runs.
+
+    python -m frameprompt.default_model_recipe init    --vae RUN/vae_run/vae --out RUN/init_model
+    python -m frameprompt.default_model_recipe cache   --model RUN/init_model --data RUN/data_train --cache RUN/tr/latent_cache
+    frameprompt finetune --full --model RUN/init_model --data RUN/data_train --out RUN/tr ...   (the project's trainer)
+    python -m frameprompt.default_model_recipe predict --model RUN/tr/model --data RUN/data_test --out RUN/eval/pred ...
+    python -m frameprompt.default_model_recipe export  --model RUN/tr/model --dest backend/frameprompt/default_model
+
+* `init`: a FramePromptPipeline with the trained light VAE (`frameprompt.train_vae`), a small randomly
+  initialised `WanTransformer3DModel` in the I2V layout (in_channels = 2 z_dim + T, here 2*16+1 = 33:
+  the VAE has no temporal compression, so the mask has T = 1 channel; with Wan2.1's VAE it is 36), no
+  CLIP branch, no text encoder (the null text embedding), and the UniPC flow scheduler.
+* `cache`: the trainer's own latent cache (`frameprompt.data.build_latent_cache`), built with the VAE's
+  convolutions run frame-wise (`train_vae.framewise`, exact for this codec, ~3x faster on CPU); the
+  trainer then finds every clip cached and skips encoding.
+* `predict`: generates every held-out clip with the pipeline, and writes the two trivial references
+  beside it (the reference frame repeated N times; the VAE reconstruction of the ground truth), each
+  as `<folder>/<clip>/0000.png ...`, ready for `frameprompt evaluate --pred ... --gt ...`.
+* `export`: copies the pipeline into the package (safetensors only, <= 50 MB checked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+
+# 1.23 M parameters (4 layers x 128 wide); at 64x64, N=8 a clip is 17 latent frames x 64 tokens = 1088
+# tokens, and a batch of 8 costs ~2-3 s per step on 2 CPU threads; see docs/model_card.md
+TRANSFORMER_CONFIG = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=4,
+    attention_head_dim=32,
+    out_channels=16,
+    text_dim=16,
+    freq_dim=64,
+    ffn_dim=512,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+    image_dim=None,
+    added_kv_proj_dim=None,
+    rope_max_seq_len=64,
+)
+MAX_SHIPPED_BYTES = 50 * 1024 * 1024
+
+
+def init_model(vae_dir: str | Path, out: str | Path, seed: int = 0, **overrides) -> Path:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from .pipeline import FramePromptPipeline, default_scheduler
+
+    vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
+    config = {**TRANSFORMER_CONFIG, **overrides}
+    config["in_channels"] = 2 * vae.config.z_dim + int(vae.config.scale_factor_temporal)
+    config["out_channels"] = vae.config.z_dim
+    torch.manual_seed(seed)
+    transformer = WanTransformer3DModel(**config)
+    pipe = FramePromptPipeline(vae=vae, transformer=transformer, scheduler=default_scheduler())
+    # Without a CLIP branch, cross-attention over 512 all-zero text tokens equals cross-attention over
+    # one (softmax of equal logits averages identical values): store one token and save ~20 % per step.
+    pipe.null_prompt_embeds = torch.zeros(1, 1, config["text_dim"])
+    out = Path(out)
+    pipe.save_pretrained(out)
+    params = sum(p.numel() for p in transformer.parameters())
+    print(f"init model in {out}: transformer {params:,} parameters, in_channels {config['in_channels']}")
+    return out
+
+
+def build_cache(model: str | Path, data: str | Path, cache_dir: str | Path) -> None:
+    from .data import build_latent_cache, load_dataset
+    from .loading import load_pipeline
+    from .method import SequenceLayout
+    from .train_vae import framewise
+
+    pipe = load_pipeline(model, device="cpu")
+    clips = load_dataset(
+        data,
+        temporal_factor=SequenceLayout.frame_multiple(int(pipe.vae.config.scale_factor_temporal)),
+        spatial_multiple=int(pipe.vae.config.scale_factor_spatial)
+        * int(pipe.transformer.config.patch_size[1]),
+    )
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    with framewise(pipe.vae):
+        build_latent_cache(pipe, clips, cache_dir, progress=lambda items: tqdm(items, desc="encode clips"))
+    print(f"cached {len(clips)} clips in {time.time() - t0:.0f} s")
+
+
+def _save_frames(frames, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(frames):
+        if isinstance(frame, np.ndarray):
+            frame = PIL.Image.fromarray(
+                (np.clip(frame, 0, 1) * 255).round().astype(np.uint8) if frame.dtype != np.uint8 else frame
+            )
+        frame.save(folder / f"{i:04d}.png")
+
+
+def predict(
+    model: str | Path | None,
+    data: str | Path,
+    out: str | Path,
+    steps: int = 20,
+    seed: int = 0,
+    limit: int | None = None,
+    references: bool = True,
+) -> dict:
+    """Generate every clip of `data` into <out>/model/<clip>/, and the trivial references into
+    <out>/repeat_reference/<clip>/ and <out>/vae_reconstruction/<clip>/. Returns timings."""
+    from .data import load_clip_pixels, load_dataset
+    from .loading import load_pipeline
+    from .train_vae import framewise, is_framewise
+
+    pipe = load_pipeline(model, device="cpu")
+    pipe.set_progress_bar_config(disable=True)
+    clips = load_dataset(data, temporal_factor=4, spatial_multiple=8)[:limit]
+    out = Path(out)
+    seconds = []
+    for clip in clips:
+        reference = PIL.Image.open(clip.path / "reference.png").convert("RGB")
+        from .data import clip_skeleton_images
+
+        poses = clip_skeleton_images(clip)
+        t0 = time.time()
+        result = pipe(
+            reference,
+            poses,
+            height=clip.height,
+            width=clip.width,
+            num_inference_steps=steps,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pil",
+        )
+        seconds.append(time.time() - t0)
+        _save_frames(result.frames[0], out / "model" / clip.name)
+        if references:
+            _save_frames([reference] * clip.num_frames, out / "repeat_reference" / clip.name)
+            _, _, target = load_clip_pixels(clip)
+            ctx = framewise(pipe.vae) if is_framewise(pipe.vae) else _null()
+            with torch.no_grad(), ctx:
+                z = pipe.vae.encode(target).latent_dist.mode()
+                rec = pipe.vae.decode(z).sample.clamp(-1, 1)
+            rec = ((rec[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+            _save_frames(list(rec), out / "vae_reconstruction" / clip.name)
+    info = {"clips": len(clips), "steps": steps, "seconds_per_clip": float(np.mean(seconds))}
+    (out / "predict.json").write_text(json.dumps(info, indent=1))
+    print(json.dumps(info))
+    return info
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def export(model: str | Path, dest: str | Path, info: dict | None = None) -> Path:
+    """Copy a saved pipeline folder into `dest` (safetensors + configs only); checks the size."""
+    model, dest = Path(model), Path(dest)
+    files = [p for p in model.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".txt")]
+    total = sum(p.stat().st_size for p in files)
+    if total > MAX_SHIPPED_BYTES:
+        raise ValueError(f"{model} holds {total / 2**20:.1f} MB, more than the 50 MB budget")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for p in files:
+        target = tmp / p.relative_to(model)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(p, target)
+    if info:
+        (tmp / "frameprompt_default_model.json").write_text(json.dumps(info, indent=1))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    print(f"exported {total / 2**20:.1f} MB to {dest}")
+    return dest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m frameprompt.default_model_recipe")
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("init")
+    p.add_argument("--vae", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("cache")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--cache", required=True)
+    p = sub.add_parser("predict")
+    p.add_argument("--model", help="default: the embedded default model")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int)
+    p.add_argument("--no-references", action="store_true")
+    p = sub.add_parser("export")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dest", required=True)
+    p.add_argument("--info", help="JSON file with facts to store next to the weights")
+    args = parser.parse_args(argv)
+    if args.action == "init":
+        init_model(args.vae, args.out, args.seed)
+    elif args.action == "cache":
+        build_cache(args.model, args.data, args.cache)
+    elif args.action == "predict":
+        predict(args.model, args.data, args.out, args.steps, args.seed, args.limit, not args.no_references)
+    else:
+        info = json.loads(Path(args.info).read_text()) if args.info else None
+        export(args.model, args.dest, info)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
