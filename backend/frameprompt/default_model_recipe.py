@@ -145,24 +145,20 @@ def predict(
         if references:
             _save_frames([reference] * clip.num_frames, out / "repeat_reference" / clip.name)
             _, _, target = load_clip_pixels(clip)
-            ctx = framewise(pipe.vae) if is_framewise(pipe.vae) else _null()
-            with torch.no_grad(), ctx:
-                z = pipe.vae.encode(target).latent_dist.mode()
-                rec = pipe.vae.decode(z).sample.clamp(-1, 1)
+            if not is_framewise(pipe.vae):
+                raise ValueError("the VAE reconstruction reference needs the frame-wise codec")
+            with torch.no_grad(), framewise(pipe.vae):
+                # frames on the batch axis: the Wan encoder would drop frames beyond 1 + 4k
+                b, c, f, h, w = target.shape
+                frames = target.transpose(1, 2).reshape(b * f, c, 1, h, w)
+                rec = pipe.vae.decode(pipe.vae.encode(frames).latent_dist.mode()).sample.clamp(-1, 1)
+                rec = rec.reshape(b, f, c, 1, h, w)[:, :, :, 0].transpose(1, 2)
             rec = ((rec[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
             _save_frames(list(rec), out / "vae_reconstruction" / clip.name)
     info = {"clips": len(clips), "steps": steps, "seconds_per_clip": float(np.mean(seconds))}
     (out / "predict.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))
     return info
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def export(model: str | Path, dest: str | Path, info: dict | None = None) -> Path:

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use a tiny random-weight model: checks the plumbing only, the frames are noise",
     )
     parser.add_argument("--frames", type=int, default=8, help="N frames to animate (multiple of 4)")
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, help="default: the embedded model's training width, else 128")
+    parser.add_argument("--height", type=int, help="default: the embedded model's training height, else 128")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
 
@@ -61,10 +61,27 @@ def _model_for_demo(args: argparse.Namespace, out: Path) -> str | None:
     return str(path)
 
 
+def _default_size(model: str | None) -> tuple[int, int]:
+    """The embedded model was trained at one size (64x64): the demo uses it unless told otherwise."""
+    if model is None:
+        import json
+
+        from ..loading import DEFAULT_MODEL_DIR
+
+        info = DEFAULT_MODEL_DIR / "frameprompt_training.json"
+        if info.is_file():
+            data = json.loads(info.read_text())
+            return int(data["width"]), int(data["height"])
+    return 128, 128
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model = _model_for_demo(args, out)
+    width, height = _default_size(model)
+    args.width = args.width or width
+    args.height = args.height or height
     address = f"tcp://127.0.0.1:{_free_port()}"
     command = [
         sys.executable,

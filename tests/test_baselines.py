@@ -1,0 +1,68 @@
+"""Baselines (not on the product path): channel concatenation and token-wise pose residual, tiny."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from frameprompt import baselines
+from frameprompt.testing import TINY_TRANSFORMER
+from frameprompt.train_vae import VAETrainConfig, zero_past_taps
+
+CONFIG = {**TINY_TRANSFORMER, "text_dim": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _batch(n=4, b=2, z=16, hw=4):
+    torch.manual_seed(0)
+    return {
+        "x0": torch.randn(b, z, 1 + 2 * n, hw, hw),
+        "condition": torch.randn(b, z, 1 + 2 * n, hw, hw),
+        "text": torch.zeros(b, 1, 8),
+    }
+
+
+@pytest.mark.parametrize("kind", baselines.KINDS)
+def test_loss_and_gradients(kind):
+    torch.manual_seed(0)
+    model = baselines.BaselineModel(kind, CONFIG)
+    assert model.transformer.config.in_channels == (49 if kind == "concat" else 33)
+    loss = baselines.baseline_loss(model, _batch(), 4, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    if kind == "residual":
+        assert model.pose_encoder.net[-1].weight.grad.abs().sum() > 0  # the pose path learns
+
+
+def test_residual_starts_as_plain_i2v_and_the_pose_matters_after_a_change():
+    torch.manual_seed(0)
+    model = baselines.BaselineModel("residual", CONFIG)
+    x0, cond, pose = baselines.split_cached(_batch(), 4)
+    t = torch.tensor([500.0, 500.0])
+    text = torch.zeros(2, 1, 8)
+    a = model(x0, cond, pose, t, text)
+    b = model(x0, cond, torch.randn_like(pose), t, text)
+    assert torch.equal(a, b)  # zero-initialised last layer
+    with torch.no_grad():
+        model.pose_encoder.net[-1].bias.fill_(0.1)
+    assert not torch.allclose(model(x0, cond, pose, t, text), a)
+
+
+def test_generate_shapes():
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(
+        **VAETrainConfig(data=[], out="", base_dim=4, dim_mult=[1, 1, 1]).vae_config()
+    ).eval()
+    zero_past_taps(vae)
+    model = baselines.BaselineModel("concat", CONFIG)
+    frames = baselines.generate(
+        model, vae, torch.zeros(1, 3, 1, 16, 16), torch.zeros(1, 3, 4, 16, 16), steps=2
+    )
+    assert frames.shape == (1, 3, 4, 16, 16) and torch.isfinite(frames).all()
