@@ -50,7 +50,7 @@ done_steps=0
     "import json,sys; print(json.load(open(sys.argv[1]))['steps'])" "$RUN/tr/frameprompt_training.json")
 while [ "$done_steps" -lt "$TR_STEPS" ]; do
     next=$(( done_steps + TR_CHUNK )); [ "$next" -gt "$TR_STEPS" ] && next=$TR_STEPS
-    resume=(); [ -f "$RUN/tr/latest" ] && resume=(--resume)
+    resume=(); [ -f "$RUN/tr/checkpoints/latest" ] && resume=(--resume)
     $FP finetune --full --model "$RUN/init_model" --data "$RUN/data_train" --out "$RUN/tr" \
         --max-steps "$next" --batch-size 8 --lr "$TR_LR" --warmup-steps 100 --checkpoint-every 100 \
         --no-gradient-checkpointing --seed 0 --no-progress "${resume[@]}"
