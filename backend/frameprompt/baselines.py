@@ -49,15 +49,16 @@ class PoseResidual(nn.Module):
 
     def __init__(self, z_dim: int, dim: int, patch: tuple[int, int, int] = (1, 2, 2)) -> None:
         super().__init__()
+        to_tokens = nn.Conv3d(64, dim, patch, stride=patch)
         self.net = nn.Sequential(
             nn.Conv3d(z_dim, 64, 3, padding=1),
             nn.SiLU(),
             nn.Conv3d(64, 64, 3, padding=1),
             nn.SiLU(),
-            nn.Conv3d(64, dim, patch, stride=patch),
+            to_tokens,
         )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        nn.init.zeros_(to_tokens.weight)
+        nn.init.zeros_(to_tokens.bias)  # type: ignore[arg-type]  # a Conv3d built with bias
 
     def forward(self, pose: torch.Tensor) -> torch.Tensor:
         return self.net(pose)
@@ -75,7 +76,7 @@ class BaselineModel(nn.Module):
         config["in_channels"] = 2 * z_dim + 1 + (z_dim if kind == "concat" else 0)
         config["out_channels"] = z_dim
         self.transformer = WanTransformer3DModel(**config)
-        self.pose_encoder = None
+        self.pose_encoder: PoseResidual | None = None
         if kind == "residual":
             dim = config["num_attention_heads"] * config["attention_head_dim"]
             self.pose_encoder = PoseResidual(z_dim, dim, tuple(config["patch_size"]))
@@ -105,6 +106,7 @@ class BaselineModel(nn.Module):
         if self.kind == "concat":
             parts.append(pose_full)
         else:
+            assert self.pose_encoder is not None  # kind == "residual"
             self._pose_features = self.pose_encoder(pose_full)
         try:
             return self.transformer(

@@ -222,7 +222,7 @@ def comparison_grid(
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
             grid.paste(image, (j * w, i * h))
-    grid = grid.resize((grid.width * scale, grid.height * scale), PIL.Image.NEAREST)
+    grid = grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)

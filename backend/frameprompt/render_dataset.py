@@ -348,6 +348,9 @@ def render_clip(config: RenderConfig, index: int) -> Path:
     export_skeleton_frames(scene, arm, camera, frames, tmp, config.width, config.height)
     for i, f in enumerate(frames):
         _render_frame(scene, f, tmp / TARGET_DIR / frame_name(i))
+    extra: dict[str, Any] = {"frames": frames, "reference_frame": reference_frame}
+    if config.characters and not config.blends:
+        extra["character"] = clip_character(config, index)
     write_meta(
         tmp,
         config.width,
@@ -355,11 +358,9 @@ def render_clip(config: RenderConfig, index: int) -> Path:
         n,
         fps=config.fps,
         source=source,
-        frames=frames,
-        reference_frame=reference_frame,
         engine=config.engine,
         seed=config.seed,
-        **({"character": clip_character(config, index)} if config.characters and not config.blends else {}),
+        **extra,
     )
     if final.exists():
         shutil.rmtree(final)

@@ -54,7 +54,8 @@ def pool_ids(pool: str, count: int) -> list[int]:
         raise ValueError("the number of characters must be positive")
     if pool == "test":
         return [HELD_OUT_MODULUS * i for i in range(count)]
-    ids, i = [], 0
+    ids: list[int] = []
+    i = 0
     while len(ids) < count:
         if not is_held_out(i):
             ids.append(i)
@@ -120,7 +121,9 @@ def character_bones(
     """The demo rig's bones (same names, parents, connections) with this character's proportions.
     `rest_bones` defaults to `demo_scene.BONES` (which needs bpy to import)."""
     if rest_bones is None:
-        from .demo_scene import BONES as rest_bones
+        from .demo_scene import BONES
+
+        rest_bones = BONES
     BONES = rest_bones
 
     p = params
@@ -233,9 +236,9 @@ def build_character(params: dict[str, Any], collection: Any = None) -> tuple[Any
     for o in bpy.context.view_layer.objects:
         o.select_set(o == arm)
     bpy.ops.object.mode_set(mode="EDIT")
-    for name, (head, tail, _parent, _connected) in bones.items():
+    for name, (rest_head, rest_tail, _parent, _connected) in bones.items():
         eb = data.edit_bones.new(name)
-        eb.head, eb.tail, eb.roll = Vector(head), Vector(tail), 0.0
+        eb.head, eb.tail, eb.roll = Vector(rest_head), Vector(rest_tail), 0.0
     for name, (_h, _t, parent, connected) in bones.items():
         if parent:
             eb = data.edit_bones[name]
@@ -250,7 +253,7 @@ def build_character(params: dict[str, Any], collection: Any = None) -> tuple[Any
                params["accent"]]  # fmt: skip
     for i, colour in enumerate(colours):
         mat = bpy.data.materials.new(f"{tag}_M{i}")
-        mat.diffuse_color = (*colour, 1.0)
+        mat.diffuse_color = (*colour, 1.0)  # type: ignore[assignment]  # the stubs type it as an array
         mesh.materials.append(mat)
     bm = bmesh.new()
     deform = bm.verts.layers.deform.verify()
