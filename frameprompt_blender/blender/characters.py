@@ -226,25 +226,12 @@ def build_character(params: dict[str, Any], collection: Any = None) -> tuple[Any
     import bpy
     from mathutils import Matrix, Vector
 
+    from .demo_scene import build_armature
+
     collection = collection or bpy.context.scene.collection
     bones = character_bones(params)
     tag = f"FP_Char{params['id']}"
-    data = bpy.data.armatures.new(tag + "Rig")
-    arm = bpy.data.objects.new(tag + "Rig", data)
-    collection.objects.link(arm)
-    bpy.context.view_layer.objects.active = arm
-    for o in bpy.context.view_layer.objects:
-        o.select_set(o == arm)
-    bpy.ops.object.mode_set(mode="EDIT")
-    for name, (rest_head, rest_tail, _parent, _connected) in bones.items():
-        eb = data.edit_bones.new(name)
-        eb.head, eb.tail, eb.roll = Vector(rest_head), Vector(rest_tail), 0.0
-    for name, (_h, _t, parent, connected) in bones.items():
-        if parent:
-            eb = data.edit_bones[name]
-            eb.parent = data.edit_bones[parent]
-            eb.use_connect = connected
-    bpy.ops.object.mode_set(mode="OBJECT")
+    arm = build_armature(collection, bones, tag + "Rig")
 
     mesh = bpy.data.meshes.new(tag + "Body")
     body = bpy.data.objects.new(tag + "Body", mesh)

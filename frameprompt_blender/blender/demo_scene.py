@@ -74,18 +74,20 @@ def _material(name: str, color) -> Any:
     return mat
 
 
-def _build_armature(collection: Any) -> Any:
-    data = bpy.data.armatures.new("FP_DemoRig")
-    arm = bpy.data.objects.new("FP_DemoRig", data)
+def build_armature(collection: Any, bones: dict | None = None, name: str = "FP_DemoRig") -> Any:
+    """An armature object from a bone table {name: (head, tail, parent, connected)} (default: BONES)."""
+    bones = BONES if bones is None else bones
+    data = bpy.data.armatures.new(name)
+    arm = bpy.data.objects.new(name, data)
     collection.objects.link(arm)
     bpy.context.view_layer.objects.active = arm
     for o in bpy.context.view_layer.objects:
         o.select_set(o == arm)
     bpy.ops.object.mode_set(mode="EDIT")
-    for name, (head, tail, _parent, _connected) in BONES.items():
+    for name, (head, tail, _parent, _connected) in bones.items():
         eb = data.edit_bones.new(name)
         eb.head, eb.tail, eb.roll = Vector(head), Vector(tail), 0.0
-    for name, (_h, _t, parent, connected) in BONES.items():
+    for name, (_h, _t, parent, connected) in bones.items():
         if parent:
             eb = data.edit_bones[name]
             eb.parent = data.edit_bones[parent]
@@ -181,7 +183,7 @@ def build_demo_scene(scene: Any = None) -> DemoScene:
     coll = scene.collection
     if bpy.context.object is not None and bpy.context.object.mode != "OBJECT":
         bpy.ops.object.mode_set(mode="OBJECT")
-    arm = _build_armature(coll)
+    arm = build_armature(coll)
     body = _build_body(coll, arm)
 
     ground_mesh = bpy.data.meshes.new("FP_Ground")
