@@ -146,3 +146,15 @@ def test_render_through_a_blender_binary(tmp_path):
     assert meta["source"] == "builtin:wave" and meta["width"] == 32
     missing = _render(tmp_path / "data2", 1, "--blender", str(tmp_path / "no-blender"))
     assert missing.returncode == 2 and "cannot run Blender" in missing.stderr
+
+
+def test_procedural_characters_render_and_respect_the_held_out_split(tmp_path):
+    train = _render(tmp_path / "train", 2, "--characters", "train", "--num-characters", "3")
+    test = _render(tmp_path / "test", 1, "--characters", "test", "--num-characters", "2")
+    assert train.returncode == 0 and test.returncode == 0, train.stderr[-2000:] + test.stderr[-2000:]
+    train_ids = {json.loads(m.read_text())["character"] for m in (tmp_path / "train").glob("*/meta.json")}
+    test_ids = {json.loads(m.read_text())["character"] for m in (tmp_path / "test").glob("*/meta.json")}
+    assert train_ids and test_ids
+    assert all(i % 10 for i in train_ids) and all(i % 10 == 0 for i in test_ids)
+    for clip in (tmp_path / "train").iterdir():
+        assert (clip / "reference.png").is_file() and len(list((clip / "target").glob("*.png"))) == 4
