@@ -30,25 +30,18 @@ from frameprompt import method
 from frameprompt.context_cache import block_causal_attention, cached_forward, extract_context_cache
 from frameprompt.method import SequenceLayout
 from frameprompt.pipeline import default_scheduler
+from frameprompt.testing import TINY_TRANSFORMER
 
 # Width scaled down for 2 CPU threads; the layout (1 + 40 + 40 frames) is the paper's.
-CPU_MODEL = dict(
-    patch_size=(1, 2, 2),
-    num_attention_heads=4,
-    attention_head_dim=64,
-    in_channels=36,
-    out_channels=16,
-    text_dim=64,
-    freq_dim=256,
-    ffn_dim=1024,
-    num_layers=4,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=None,
-    added_kv_proj_dim=None,
-    rope_max_seq_len=1024,
-)
+CPU_MODEL = {
+    **TINY_TRANSFORMER,
+    "num_attention_heads": 4,
+    "attention_head_dim": 64,
+    "text_dim": 64,
+    "ffn_dim": 1024,
+    "num_layers": 4,
+    "rope_max_seq_len": 1024,
+}
 # Wan2.1-Fun-1.3B-InP / the 1.3B I2V shape (CLIP image branch included).
 FULL_MODEL = {
     **CPU_MODEL,

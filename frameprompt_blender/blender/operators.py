@@ -28,18 +28,22 @@ def _spec_reason(context: Any) -> str:
     return problems[0] if problems else ""
 
 
-class FRAMEPROMPT_OT_export(bpy.types.Operator):
-    """Write the job folder: reference.png, pose/*_keypoints.json (OpenPose) and skeleton/*.png"""
-
-    bl_idname = "frameprompt.export"
-    bl_label = "Export Inputs"
-    bl_options = {"REGISTER"}
+class _JobFolder:
+    """Mixin: the job folder that export and animate write to (Blender collects mixin properties)."""
 
     directory: StringProperty(  # type: ignore[valid-type]
         name="Folder",
         description="Job folder (empty = a new folder in the output folder)",
         subtype="DIR_PATH",
     )
+
+
+class FRAMEPROMPT_OT_export(_JobFolder, bpy.types.Operator):
+    """Write the job folder: reference.png, pose/*_keypoints.json (OpenPose) and skeleton/*.png"""
+
+    bl_idname = "frameprompt.export"
+    bl_label = "Export Inputs"
+    bl_options = {"REGISTER"}
 
     @classmethod
     def poll(cls, context: Any) -> bool:
@@ -66,19 +70,13 @@ class FRAMEPROMPT_OT_export(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class FRAMEPROMPT_OT_animate(bpy.types.Operator):
+class FRAMEPROMPT_OT_animate(_JobFolder, bpy.types.Operator):
     """Export the inputs, send them to the FramePrompt backend and import the generated frames into the
     Sequencer"""
 
     bl_idname = "frameprompt.animate"
     bl_label = "Animate"
     bl_options = {"REGISTER"}
-
-    directory: StringProperty(  # type: ignore[valid-type]
-        name="Folder",
-        description="Job folder (empty = a new folder in the output folder)",
-        subtype="DIR_PATH",
-    )
 
     @classmethod
     def poll(cls, context: Any) -> bool:
