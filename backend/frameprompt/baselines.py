@@ -20,6 +20,7 @@ FramePrompt's "all frames" loss ablation is `frameprompt finetune --loss all`.
         --out RUN/baseline_concat --max-steps 1500 [--resume]
     python -m frameprompt.baselines predict --kind concat --run RUN/baseline_concat --model RUN/init_model \
         --data RUN/data_test --out RUN/eval/concat
+    python -m frameprompt.baselines table --run RUN/table1    # all of it: scripts/train_baselines.sh
 """
 
 from __future__ import annotations
@@ -275,6 +276,54 @@ def predict(
             PIL.Image.fromarray(frame).save(folder / f"{i:04d}.png")
 
 
+TABLE_ROWS = {
+    "concat": "channel concatenation (Fun-Control)",
+    "residual": "token-wise pose residual (UniAnimate-DiT)",
+    "frameprompt_all": "FramePrompt, all-frames loss",
+    "frameprompt": "**FramePrompt** (target-frames loss)",
+}
+BARS = {
+    "repeat_reference": "reference frame repeated (lower bar)",
+    "vae_reconstruction": "VAE reconstruction of the ground truth (upper bar)",
+}
+
+
+def results_table(table_dir: str | Path) -> str:
+    """Table 1 in Markdown from `scripts/train_baselines.sh`'s metrics: <dir>/metrics/[step<S>/]<name>/."""
+    metrics_dir = Path(table_dir) / "metrics"
+
+    def row(label: str, steps: str, folder: Path) -> str | None:
+        if not (folder / "metrics.json").is_file():
+            return None
+        means = json.loads((folder / "metrics.json").read_text())
+        region = folder / "region.json"
+        character = json.loads(region.read_text())["character_psnr"] if region.is_file() else None
+
+        def fmt(value: float | None, digits: int) -> str:
+            return "n/a" if value is None else f"{value:.{digits}f}"
+
+        cells = [fmt(means["ssim"], 4), fmt(means["psnr"], 2), fmt(character, 2)]
+        cells += [fmt(means["lpips"], 4), fmt(means["fvd"], 1)]
+        return f"| {label} | {steps} | " + " | ".join(cells) + " |"
+
+    lines = [
+        "| method | steps | SSIM ↑ | PSNR (dB) ↑ | character PSNR (dB) ↑ | LPIPS ↓ | FVD ↓ |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    bars = {name: row(label, "–", metrics_dir / name) for name, label in BARS.items()}
+    budgets = sorted(
+        (int(p.name.removeprefix("step")) for p in metrics_dir.glob("step*") if p.name[4:].isdigit()),
+    )
+    rows = [bars["repeat_reference"]]
+    for budget in budgets:
+        rows += [
+            row(label, f"{budget:,}", metrics_dir / f"step{budget}" / name)
+            for name, label in TABLE_ROWS.items()
+        ]
+    rows.append(bars["vae_reconstruction"])
+    return "\n".join(lines + [r for r in rows if r is not None]) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m frameprompt.baselines")
     sub = parser.add_subparsers(dest="action", required=True)
@@ -296,8 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int)
     p.add_argument("--steps", type=int, default=20)
+    p = sub.add_parser("table", help="Table 1 in Markdown from scripts/train_baselines.sh's metrics")
+    p.add_argument("--run", required=True, help="the table folder (<run>/table1)")
     args = parser.parse_args(argv)
-    if args.action == "train":
+    if args.action == "table":
+        print(results_table(args.run), end="")
+    elif args.action == "train":
         train_baseline(
             args.kind, args.cache, args.model, args.out, args.max_steps, args.batch_size, args.lr,
             seed=args.seed, resume=args.resume,

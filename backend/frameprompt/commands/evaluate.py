@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-fvd", action="store_true", help="skip FVD")
     parser.add_argument("--fvd-clip-length", type=int, default=16, help="frames per FVD sample (default 16)")
     parser.add_argument(
+        "--fvd-with-reference",
+        action="store_true",
+        help="put each clip's reference image (from the --gt data set) in front of both videos for FVD: "
+        "lets 8-frame clips reach the I3D's minimum of 9 frames",
+    )
+    parser.add_argument(
         "--grids", type=int, default=4, help="comparison grids to write (PNG + MP4; default 4)"
     )
     parser.add_argument("--fps", type=int, default=16)
@@ -63,6 +69,17 @@ def _fvd_extractor(args: argparse.Namespace):
     return I3DFeatures(model, device=args.device), digest, None
 
 
+def _reference_frames(gt: str) -> dict:
+    """Clip name -> reference image (uint8 RGB) of every clip in a data-set-style ground-truth folder."""
+    import numpy as np
+    import PIL.Image
+
+    return {
+        path.parent.name: np.asarray(PIL.Image.open(path).convert("RGB"))
+        for path in sorted(Path(gt).glob("*/reference.png"))
+    }
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from .. import metrics
 
@@ -77,6 +94,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         fvd_extractor=extractor,
         fvd_weights_sha256=digest,
         fvd_clip_length=args.fvd_clip_length,
+        fvd_first_frames=_reference_frames(args.gt) if args.fvd_with_reference and extractor else None,
         psnr_cap=args.psnr_cap,
         progress=True,
     )
