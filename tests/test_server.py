@@ -159,6 +159,14 @@ def submit(client: FramePromptClient, n: int = 2, **params: Any):
 # ------------------------------------------------------------------------------------------- basics
 
 
+def wait_done(client: FramePromptClient, job_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The result is sent before it is stored: wait until the job is "done" on disk."""
+    deadline = time.monotonic() + timeout
+    while (status := client.status(job_id))["state"] != "done" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return status
+
+
 def test_round_trip_progress_in_order_and_outputs_on_disk(make_server, clients) -> None:
     server = make_server()
     client = clients(server.address)
@@ -181,9 +189,9 @@ def test_round_trip_progress_in_order_and_outputs_on_disk(make_server, clients) 
     result = job.result()
     assert result.meta["seed"] == 11 and len(result.frames) == 3
     assert Image.open(io.BytesIO(result.frames[0])).size == (16, 16)
+    assert wait_done(client, job.job_id)["meta"]["persist_s"] >= 0
     outputs = sorted((server.store.outputs_dir(job.job_id)).iterdir())
     assert [p.name for p in outputs] == ["0000.png", "0001.png", "0002.png"]
-    assert client.status(job.job_id)["state"] == "done"
     # fetch again, as after a reconnect
     again = client.fetch(job.job_id).result(5)
     assert again.frames == result.frames
@@ -284,7 +292,11 @@ def test_twenty_clients_times_five_jobs(make_server, clients) -> None:
         t.join(90)
     assert not errors, errors[:3]
     assert len(results) == 100 and set(results.values()) == {2}
-    done = [j for j in server.store.job_ids() if server.store.get(j).state == "done"]
+    deadline = time.monotonic() + 10  # results are sent first, then stored
+    while len(done := [j for j in server.store.job_ids() if server.store.get(j).state == "done"]) < 100:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(done) == 100
     assert {w.device for w in server.workers} == {"cpu:0", "cpu:1"}
 
@@ -520,6 +532,9 @@ def test_restart_keeps_results_and_reports_interrupted_jobs(tmp_path, make_serve
     store.set_state(crashed.job_id, "running")
     (jobs_dir / ".tmp-deadbeef").mkdir()
     (jobs_dir / crashed.job_id / "outputs.tmp").mkdir()
+    # and an accepted job whose state.json (not fsynced at submit) was lost: its job.zip keeps it
+    lost_state = store.create(sub)
+    (jobs_dir / lost_state.job_id / "state.json").write_bytes(b"")
 
     server2 = make_server(jobs_dir=jobs_dir)
     c2 = clients(server2.address)
@@ -531,6 +546,7 @@ def test_restart_keeps_results_and_reports_interrupted_jobs(tmp_path, make_serve
     assert info.value.code == "interrupted" and "again" in info.value.hint
     assert not (jobs_dir / ".tmp-deadbeef").exists()
     assert not (jobs_dir / crashed.job_id / "outputs.tmp").exists()
+    assert c2.status(lost_state.job_id)["state"] == "interrupted"
 
 
 def test_graceful_stop_interrupts_queued_and_running_jobs(make_server, clients) -> None:
@@ -658,6 +674,7 @@ def test_rgb8_results_and_png_passthrough(make_server, clients) -> None:
     result = client.submit(png(), [png(), png()], result_format="rgb8").result(10)
     assert (result.frame_format, result.width, result.height) == ("rgb8", 8, 6)
     assert result.frames[1] == bytes([1]) * (8 * 6 * 3)
+    wait_done(client, result.job_id)
     assert sorted(p.name for p in server.store.outputs_dir(result.job_id).iterdir()) == [
         "0000.rgb",
         "0001.rgb",
@@ -675,3 +692,49 @@ def test_rgb8_results_and_png_passthrough(make_server, clients) -> None:
     passthrough = client.submit(png(), [png(), png()], prompt="png").result(10)
     assert passthrough.frames == encoded
     assert passthrough.meta["decode_s"] == 0.0  # this runner never read its inputs: nothing decoded
+
+
+def test_the_result_travels_while_it_is_stored_and_a_fetch_meanwhile_gets_it(make_server, clients) -> None:
+    server = make_server()
+    release = threading.Event()
+    write_outputs = server.store.write_outputs
+
+    def slow_write(*args: Any, **kw: Any) -> None:
+        assert release.wait(10)
+        write_outputs(*args, **kw)
+
+    server.store.write_outputs = slow_write  # type: ignore[method-assign]
+    client, other = clients(server.address), clients(server.address)
+    result = submit(client, 2).result(10)  # arrives although nothing is on disk yet
+    assert client.status(result.job_id)["state"] == "running"
+    late = other.fetch(result.job_id)  # answered once the outputs are stored
+    time.sleep(0.2)
+    assert late.state != "done"
+    release.set()
+    assert late.result(10).frames == result.frames
+    assert wait_done(client, result.job_id)["state"] == "done"
+
+
+def test_a_result_that_cannot_be_stored_is_delivered_and_the_job_says_why(make_server, clients) -> None:
+    server = make_server()
+    write_outputs = server.store.write_outputs
+    calls = []
+
+    def disk_full(*args: Any, **kw: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        write_outputs(*args, **kw)
+
+    server.store.write_outputs = disk_full  # type: ignore[method-assign]
+    client = clients(server.address)
+    result = submit(client, 2).result(10)
+    assert len(result.frames) == 2  # the client has its frames
+    deadline = time.monotonic() + 10
+    while (status := client.status(result.job_id))["state"] != "failed" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert status["error"]["code"] == "storage_error" and "disk space" in status["error"]["hint"]
+    with pytest.raises(RemoteError) as info:
+        client.fetch(result.job_id).result(5)
+    assert info.value.code == "storage_error"
+    assert len(submit(client, 1).result(10).frames) == 1  # and the server keeps serving

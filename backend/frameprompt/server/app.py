@@ -26,7 +26,7 @@ from frameprompt_blender.core import protocol as P
 
 from .jobqueue import JobQueue, QueueFull
 from .security import ServerKeys, apply_server_keys, check_bind, load_server_keys, start_authenticator
-from .store import JobStore
+from .store import JobRecord, JobStore
 from .worker import JobControl, RunnerFactory, Worker, describe
 
 log = logging.getLogger("frameprompt.server")
@@ -402,30 +402,31 @@ class Server:
         rec = self.store.get(job_id)
         if rec is None:
             raise P.ProtocolError("unknown_job", f"no job {job_id}")
+        if rec.terminal:
+            self._send(identity, self._stored_answer(rec, msg.req))
+        else:  # still queued or running: the result will follow on this connection
+            self._subscribers.setdefault(job_id, set()).add(identity)
+            self._reply(identity, msg, "status", self._status_fields(job_id))
+
+    def _stored_answer(self, rec: JobRecord, req: str | None = None) -> list[Any]:
+        """A finished job's result read back from the job store, or its error."""
         if rec.state == "done":
             meta = rec.status.get("meta") or {}
             fmt = meta.get("frame_format", "png")
             fmt = fmt if fmt in P.FRAME_FORMATS else "png"
-            frames = self.store.read_outputs(job_id, fmt)
-            result = P.build_result(
-                job_id,
-                frames,
+            return P.build_result(
+                rec.job_id,
+                self.store.read_outputs(rec.job_id, fmt),
                 meta,
-                req=msg.req,
+                req=req,
                 frame_format=fmt,
                 width=meta.get("width"),
                 height=meta.get("height"),
             )
-            self._send(identity, result)
-        elif rec.terminal:
-            err = rec.status.get("error") or {}
-            code = err.get("code") or ("interrupted" if rec.state == "interrupted" else rec.state)
-            message = err.get("message") or f"the job is {rec.state}"
-            frames = P.error_frames(code, message, err.get("hint"), req=msg.req, job_id=job_id)
-            self._send(identity, frames)
-        else:  # still queued or running: the result will follow on this connection
-            self._subscribers.setdefault(job_id, set()).add(identity)
-            self._reply(identity, msg, "status", self._status_fields(job_id))
+        err = rec.status.get("error") or {}
+        code = err.get("code") or ("interrupted" if rec.state == "interrupted" else rec.state)
+        message = err.get("message") or f"the job is {rec.state}"
+        return P.error_frames(code, message, err.get("hint"), req=req, job_id=rec.job_id)
 
     # ---------------------------------------------------------------------------------- worker events
     def _finish(self, job_id: str, frames: list[Any]) -> None:
@@ -445,8 +446,15 @@ class Server:
                 with contextlib.suppress(P.ProtocolError):
                     self._last_progress[job_id] = P.decode_header(frames[0].bytes)
                 self._publish(job_id, frames)
-            elif kind_b == b"final":
+            elif kind_b in (b"final", b"result"):
                 self._finish(job_id, frames)
+            elif kind_b == b"stored":  # the result is on disk: answer the fetches that came meanwhile
+                late = self._subscribers.pop(job_id, set())
+                rec = self.store.get(job_id)
+                if late and rec is not None:
+                    answer = self._stored_answer(rec)
+                    for identity in late:
+                        self._send(identity, answer)
             elif kind_b == b"started":
                 for position, waiting in enumerate(self.queue.snapshot(), start=1):
                     self._publish(waiting, P.build_progress(waiting, "queued", queue_position=position))

@@ -1,9 +1,9 @@
 """The job store: one folder per job under the jobs directory, every file written atomically.
 
-    <jobs-dir>/<job_id>/job.json         the request (parameters, pose format, names); never changes
+    <jobs-dir>/<job_id>/job.zip          job.json (the request: parameters, pose format, names),
+                                         reference.png and pose/<name> (one per frame: PNG or OpenPose
+                                         JSON); uncompressed, written once, fsynced
                         state.json       {"state", "created", "updated", "error", "num_frames", "meta"}
-                        inputs/reference.png
-                        inputs/pose/<name>               one per frame (PNG or OpenPose JSON)
                         outputs/0000.png ...             only once the job is done (0000.rgb ... for
                                                          rgb8 results; state.json meta says which)
 
@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from frameprompt_blender.core.protocol import (
 )
 
 log = logging.getLogger("frameprompt.server")
+JOB_ARCHIVE = "job.zip"
 
 
 def atomic_write(path: Path, data: bytes, *, fsync: bool = True) -> None:
@@ -96,9 +98,6 @@ class JobStore:
     def job_dir(self, job_id: str) -> Path:
         return self.root / check_job_id(job_id)
 
-    def inputs_dir(self, job_id: str) -> Path:
-        return self.job_dir(job_id) / "inputs"
-
     def outputs_dir(self, job_id: str) -> Path:
         return self.job_dir(job_id) / "outputs"
 
@@ -107,11 +106,8 @@ class JobStore:
         """Write a new job (inputs, request, state 'queued') atomically and return its record."""
         job_id = check_job_id(job_id or uuid.uuid4().hex)
         tmp = self.root / f".tmp-{job_id}"
-        (tmp / "inputs" / "pose").mkdir(parents=True)
+        tmp.mkdir(parents=True)
         try:
-            (tmp / "inputs" / "reference.png").write_bytes(submit.reference)
-            for name, data in zip(submit.pose_names, submit.poses, strict=True):
-                (tmp / "inputs" / "pose" / check_name(name)).write_bytes(data)
             request = {
                 "job_id": job_id,
                 "pose_format": submit.pose_format,
@@ -120,10 +116,22 @@ class JobStore:
             }
             if submit.result_format != "png":
                 request["result_format"] = submit.result_format
+            # one uncompressed archive instead of a file per frame: an 81-frame job was 83 file creations
+            # and fsyncs on the submit path; the archive is one sequential write and one fsync
+            with open(tmp / JOB_ARCHIVE, "wb") as handle:
+                with zipfile.ZipFile(handle, "w", zipfile.ZIP_STORED) as archive:
+                    archive.writestr("job.json", json.dumps(request))
+                    archive.writestr("reference.png", bytes(submit.reference))
+                    for name, data in zip(submit.pose_names, submit.poses, strict=True):
+                        archive.writestr(f"pose/{check_name(name)}", bytes(data))
+                if self.fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
             now = time.time()
             status = {"state": "queued", "created": now, "updated": now, "num_frames": submit.num_frames}
-            atomic_write(tmp / "job.json", json.dumps(request).encode(), fsync=self.fsync)
-            atomic_write(tmp / "state.json", json.dumps(status).encode(), fsync=self.fsync)
+            # not fsynced: job.zip is what makes the job durable; a state.json lost in a crash reads as
+            # "queued" (see get), and recover() then marks the job interrupted, as it would anyway
+            atomic_write(tmp / "state.json", json.dumps(status).encode(), fsync=False)
             os.replace(tmp, self.job_dir(job_id))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -143,22 +151,31 @@ class JobStore:
             return rec
         d = self.job_dir(job_id)
         try:
-            request = json.loads((d / "job.json").read_text())
-            status = json.loads((d / "state.json").read_text())
-        except (OSError, ValueError):
+            with zipfile.ZipFile(d / JOB_ARCHIVE) as archive:
+                request = json.loads(archive.read("job.json"))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
             return None
+        try:
+            status = json.loads((d / "state.json").read_text())
+        except (OSError, ValueError):  # lost in a crash before its first fsync: the job never ran
+            status = {"state": "queued", "num_frames": len(request.get("pose_names", []))}
         rec = JobRecord(job_id, str(status.get("state")), request, status)
         with self._lock:
             self._cache[job_id] = rec
         return rec
 
-    def set_state(self, job_id: str, state: str, **fields: Any) -> JobRecord:
-        """Replace state.json (atomically) with `state` and extra `fields`; returns the new record."""
+    def set_state(self, job_id: str, state: str, *, durable: bool = True, **fields: Any) -> JobRecord:
+        """Replace state.json (atomically) with `state` and extra `fields`; returns the new record.
+
+        durable=False skips the fsync, for changes a crash may lose without harm ("running": after a
+        crash a job that is still "queued" on disk is marked interrupted just the same)."""
         rec = self.get(job_id)
         if rec is None:
             raise KeyError(job_id)
         status = {**rec.status, **fields, "state": state, "updated": time.time()}
-        atomic_write(self.job_dir(job_id) / "state.json", json.dumps(status).encode(), fsync=self.fsync)
+        atomic_write(
+            self.job_dir(job_id) / "state.json", json.dumps(status).encode(), fsync=self.fsync and durable
+        )
         new = JobRecord(job_id, state, rec.request, status)
         with self._lock:
             self._cache[job_id] = new
@@ -203,9 +220,9 @@ class JobStore:
         rec = self.get(job_id)
         if rec is None:
             raise KeyError(job_id)
-        d = self.inputs_dir(job_id)
         names = [check_name(n) for n in rec.request.get("pose_names", [])]
-        return (d / "reference.png").read_bytes(), [(n, (d / "pose" / n).read_bytes()) for n in names]
+        with zipfile.ZipFile(self.job_dir(job_id) / JOB_ARCHIVE) as archive:
+            return archive.read("reference.png"), [(n, archive.read(f"pose/{n}")) for n in names]
 
     def job_ids(self) -> list[str]:
         out = []
@@ -228,7 +245,7 @@ class JobStore:
             rec = self.get(job_id)
             d = self.job_dir(job_id)
             if rec is None:
-                log.warning("job %s has no readable job.json/state.json; removing it", job_id)
+                log.warning("job %s has no readable job.zip; removing it", job_id)
                 shutil.rmtree(d, ignore_errors=True)
                 continue
             shutil.rmtree(d / "outputs.tmp", ignore_errors=True)

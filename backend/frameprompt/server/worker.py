@@ -9,16 +9,19 @@ FramePromptPipeline (`frameprompt.server.runners.PipelineRunner`); tests use tin
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import json
 import logging
+import os
 import secrets
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -305,6 +308,7 @@ class Worker(threading.Thread):
         self.current: str | None = None
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
+        self._storer: ThreadPoolExecutor | None = None
 
     # -- reporting to the I/O loop
     def _send(self, kind: bytes, job_id: str, frames: Sequence[bytes] = ()) -> None:
@@ -320,6 +324,7 @@ class Worker(threading.Thread):
         self._sock.setsockopt(zmq.LINGER, 2000)
         self._sock.setsockopt(zmq.SNDTIMEO, 5000)  # never block forever once the I/O loop is gone
         self._sock.connect(self.events_address)
+        self._storer = ThreadPoolExecutor(1, f"{self.name}-store", initializer=_lower_thread_priority)
         try:
             try:
                 self.runner = self.factory(self.device)
@@ -341,6 +346,7 @@ class Worker(threading.Thread):
                     self.current = None
                     self.control.discard(job_id)
         finally:
+            self._storer.shutdown()
             close = getattr(self.runner, "close", None)
             if callable(close):
                 try:
@@ -358,13 +364,31 @@ class Worker(threading.Thread):
             log.exception("job %s: could not record state %s", job_id, state)
         self._send(b"final", job_id, P.error_frames(err.code, err.message, err.hint, job_id=job_id))
 
+    def _store_result(self, job_id: str, frames: Sequence[Any], fmt: str, meta: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        try:
+            self.store.write_outputs(job_id, frames, fmt)
+            self.store.set_state(
+                job_id, "done", meta={**meta, "persist_s": round(time.monotonic() - t0, 4)}, error=None
+            )
+        except Exception as exc:  # noqa: BLE001 - a full disk must not kill the worker
+            log.exception("job %s: the result was sent but could not be saved", job_id)
+            err = P.ProtocolError(
+                "storage_error",
+                f"the result was delivered but could not be saved on the server: {exc}",
+                "free disk space in the server's --jobs-dir; re-submit the job to get it again",
+            )
+            with contextlib.suppress(Exception):
+                self.store.set_state(job_id, "failed", error=err.fields())
+        self._send(b"stored", job_id)
+
     def _run_job(self, job_id: str) -> None:
         cancel = self.control.flag(job_id)
         ctx = RunContext(job_id, self.device, cancel, lambda frames: self._send(b"progress", job_id, frames))
         started = time.monotonic()
         try:
             ctx.check_cancelled()
-            self.store.set_state(job_id, "running", device=self.device, started=time.time())
+            self.store.set_state(job_id, "running", durable=False, device=self.device, started=time.time())
             self._send(b"started", job_id)
             ctx.progress("preparing")
             spec = self._load_spec(job_id)
@@ -397,15 +421,18 @@ class Worker(threading.Thread):
                 "decode_s": round(spec.decode_seconds, 4),
                 "encode_s": round(t2 - t1, 4),
             }
-            self.store.write_outputs(job_id, frames, fmt)
-            meta["persist_s"] = round(time.monotonic() - t2, 4)  # outputs; state.json below
-            meta["total_s"] = round(time.monotonic() - started, 4)
-            self.store.set_state(job_id, "done", meta=meta, error=None)
+            meta["total_s"] = round(t2 - started, 4)
+            # The result goes out first and is made durable while it travels: writing ~100 MB with fsync
+            # would otherwise sit between the model and the client. The job becomes "done" only once its
+            # outputs are on disk; a crash in between leaves it "interrupted" (re-submittable), while the
+            # client already holds the frames. Fetches that arrive meanwhile are answered on "stored".
             result = P.build_result(job_id, frames, meta, frame_format=fmt, width=width, height=height)
-            self._send(b"final", job_id, result)
+            self._send(b"result", job_id, result)
             log.info(
                 "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
             )
+            assert self._storer is not None
+            self._storer.submit(self._store_result, job_id, frames, fmt, meta).result()
         except JobCancelled:
             if self.stop_event.is_set():
                 log.info("job %s interrupted by the server stopping", job_id)
@@ -479,6 +506,14 @@ class Worker(threading.Thread):
         return JobSpec(
             job_id, reference, LazyImages(len(poses), decode_pose), params, self.device, lora_path, {}, fmt
         )
+
+
+def _lower_thread_priority() -> None:
+    """Storing a result is background work: on Linux (where nice is per thread) the thread that writes it
+    yields the CPU to the I/O loop and ZeroMQ, which are sending the same result to the client."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 def describe(runner: Any) -> dict[str, Any]:
