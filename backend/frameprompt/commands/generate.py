@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="frames each window carries over from the previous one (default 8)",
     )
+    parser.add_argument(
+        "--context-parallel",
+        action="store_true",
+        help="spread one job over several GPUs (diffusers' Ulysses context parallelism); launch with "
+        "torchrun --nproc-per-node <GPUs> -m frameprompt generate --context-parallel ...",
+    )
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     parser.add_argument(
         "--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA, fp32 on CPU"
@@ -51,6 +58,16 @@ def run(args: argparse.Namespace) -> int:
     except FramePromptError as error:
         print(f"frameprompt generate: {error}", file=sys.stderr)
         return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launched_world_size() -> int:
+    """The number of processes `torchrun` started (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -69,10 +86,30 @@ def _generate(args: argparse.Namespace) -> int:
         )
     poses = load_pose_frames(args.pose, width, height)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    ranks = None
+    if args.context_parallel:
+        from ..parallel import init_distributed
+
+        ranks = init_distributed(args.device)
+    elif launched_world_size() > 1:
+        raise InputError(
+            f"started as {launched_world_size()} processes without --context-parallel",
+            "add --context-parallel to spread the job over the GPUs, or run a single process",
+        )
     started = time.perf_counter()
-    pipe = load_pipeline(args.model, device=args.device, dtype=dtype, lora=args.lora)
-    print(
+    pipe = load_pipeline(
+        args.model, device=ranks.device if ranks else args.device, dtype=dtype, lora=args.lora
+    )
+    if ranks is not None:
+        from ..parallel import check_token_split, enable_context_parallel
+
+        check_token_split(pipe, height, width, ranks.world_size)
+        enable_context_parallel(pipe, ranks.world_size)
+        pipe.set_progress_bar_config(disable=not ranks.is_main)
+    say = print if ranks is None or ranks.is_main else (lambda *a, **k: None)
+    say(
         f"loaded model in {time.perf_counter() - started:.1f}s on {pipe.device}; {len(poses)} frames at {width}x{height}"
+        + (f"; context parallel over {ranks.world_size} processes" if ranks else "")
     )
     generator = torch.Generator("cpu").manual_seed(args.seed)
     # Any number of frames: longer animations are generated window by window (frameprompt.windows).
@@ -88,6 +125,8 @@ def _generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         generator=generator,
     )
+    if ranks is not None and not ranks.is_main:
+        return 0  # every rank holds the same result; rank 0 writes it
     frames = output.frames[0]
     out = Path(args.out)
     write_frames(frames, out / "frames")
