@@ -55,9 +55,8 @@ def test_two_processes_train_and_resume_exactly(tiny_model_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
     # two ranks share the data: an epoch is two steps of the four clips
-    assert [row["epoch"] for row in csv.DictReader(open(tmp_path / "whole" / "train_log.csv"))] == list(
-        "0011"
-    )
+    with open(tmp_path / "whole" / "train_log.csv") as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "0", "1", "1"]
     # two ranks x batch 1 need at least two clips; fewer is refused before training starts
     small = synthetic_dataset(tmp_path / "one", clips=1, num_frames=4, size=32)
     refused = _launch(tiny_model_dir, small, tmp_path / "refused", "--max-steps", "1", ok=False)
