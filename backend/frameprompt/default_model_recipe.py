@@ -200,7 +200,15 @@ def comparison_grid(
 
     kinds = [
         k
-        for k in ("model", "concat", "residual", "repeat_reference", "vae_reconstruction")
+        for k in (
+            "model",
+            "frameprompt",
+            "frameprompt_all",
+            "concat",
+            "residual",
+            "repeat_reference",
+            "vae_reconstruction",
+        )
         if (Path(pred) / k).is_dir()
     ]
     selected = load_dataset(data, temporal_factor=4, spatial_multiple=8)[:clips]
