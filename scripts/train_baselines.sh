@@ -59,11 +59,13 @@ for budget in $BUDGETS; do
     done
 done
 
-# metrics of every prediction, and of the two bars from train_default_model.sh (<RUN>/eval/)
-evaluate() {  # evaluate <prediction folder> <metrics folder>
+# metrics of every prediction, and of the two bars from train_default_model.sh (<RUN>/eval/); FVD (about
+# 2 minutes a method on 2 cores) for the bars and the largest budget only
+last_budget=${BUDGETS##* }
+evaluate() {  # evaluate <prediction folder> <metrics folder> [--no-fvd]
     [ -f "$2/metrics.json" ] && return
     $FP evaluate --pred "$1" --gt "$RUN/data_test" --out "$2" --json "$2/metrics.json.tmp" \
-        --fvd-with-reference --grids 0 "${lpips[@]}" > /dev/null
+        --fvd-with-reference --grids 0 "${lpips[@]}" "${@:3}" > /dev/null
     $PY -m frameprompt.default_model_recipe region --data "$RUN/data_test" --pred "$1" --json "$2/region.json"
     mv "$2/metrics.json.tmp" "$2/metrics.json"
 }
@@ -72,8 +74,10 @@ for kind in repeat_reference vae_reconstruction; do
 done
 for budget in $BUDGETS; do
     for name in concat residual frameprompt_all frameprompt; do
-        [ -f "$RUN/table1/step$budget/$name.done" ] && \
-            evaluate "$RUN/table1/step$budget/$name" "$RUN/table1/metrics/step$budget/$name"
+        fvd=(); [ "$budget" = "$last_budget" ] || fvd=(--no-fvd)
+        if [ -f "$RUN/table1/step$budget/$name.done" ]; then
+            evaluate "$RUN/table1/step$budget/$name" "$RUN/table1/metrics/step$budget/$name" "${fvd[@]}"
+        fi
     done
 done
 $PY -m frameprompt.baselines table --run "$RUN/table1" | tee "$RUN/table1/table.md"
