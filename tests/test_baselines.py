@@ -12,12 +12,7 @@ from frameprompt.train_vae import VAETrainConfig, zero_past_taps
 CONFIG = {**TINY_TRANSFORMER, "text_dim": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n=4, b=2, z=16, hw=4):

@@ -13,12 +13,7 @@ from frameprompt.method import SequenceLayout
 TINY = dict(base_dim=4, dim_mult=[1, 1, 1], z_dim=16, num_res_blocks=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _vae() -> AutoencoderKLWan:

@@ -39,9 +39,14 @@ class Distributed:
         return self.rank == 0
 
 
+def launched_world_size() -> int:
+    """The number of processes `torchrun` started (1 when run directly)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str | None = None) -> Distributed:
     """Join the process group `torchrun` set up: NCCL on CUDA (one GPU per local rank), gloo on CPU."""
-    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if launched_world_size() < 2:
         raise InputError(
             "context parallelism needs several processes, one per GPU",
             "launch with: torchrun --nproc-per-node <GPUs> -m frameprompt generate --context-parallel ...",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -65,11 +64,6 @@ def run(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def launched_world_size() -> int:
-    """The number of processes `torchrun` started (1 when run directly)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -86,10 +80,10 @@ def _generate(args: argparse.Namespace) -> int:
         )
     poses = load_pose_frames(args.pose, width, height)
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    from ..parallel import init_distributed, launched_world_size
+
     ranks = None
     if args.context_parallel:
-        from ..parallel import init_distributed
-
         ranks = init_distributed(args.device)
     elif launched_world_size() > 1:
         raise InputError(

@@ -446,7 +446,7 @@ class Server:
                 with contextlib.suppress(P.ProtocolError):
                     self._last_progress[job_id] = P.decode_header(frames[0].bytes)
                 self._publish(job_id, frames)
-            elif kind_b in (b"final", b"result"):
+            elif kind_b == b"final":
                 self._finish(job_id, frames)
             elif kind_b == b"stored":  # the result is on disk: answer the fetches that came meanwhile
                 late = self._subscribers.pop(job_id, set())

@@ -427,7 +427,7 @@ class Worker(threading.Thread):
             # outputs are on disk; a crash in between leaves it "interrupted" (re-submittable), while the
             # client already holds the frames. Fetches that arrive meanwhile are answered on "stored".
             result = P.build_result(job_id, frames, meta, frame_format=fmt, width=width, height=height)
-            self._send(b"result", job_id, result)
+            self._send(b"final", job_id, result)
             log.info(
                 "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
             )
