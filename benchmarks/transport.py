@@ -227,6 +227,8 @@ def main() -> int:
     )
     ratio = statistics.median(server_s) / statistics.median(bare_s)
     print(f"ratio (median server overhead / median bare): {ratio:.2f}  (target <= 1.5)")
+    # the bare pair's times are bimodal on a busy or small machine (page faults on the receive buffers)
+    print(f"ratio of the fastest runs (min / min): {min(server_s) / min(bare_s):.2f}")
     return 0
 
 

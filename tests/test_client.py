@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +40,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def client(server: Server) -> Iterator[FramePromptClient]:
-    c = FramePromptClient(server.address, timeout=3.0, heartbeat_interval=0.1)
+    c = FramePromptClient(server.address, timeout=3.0, heartbeat_interval=0.1, emit_events=True)
     yield c
     c.close()
 
@@ -145,6 +147,19 @@ def test_fetch_attaches_to_a_running_job(client: FramePromptClient, server: Serv
         attached = other.fetch(job.job_id)
         assert len(attached.result(10).frames) == 1
         assert attached.state == "done"
+
+
+def test_a_client_keeps_no_finished_job(server: Server) -> None:
+    """A farm script submits job after job and never drains `client.events`: the client must not hold on
+    to finished results (each can be ~100 MB of frames)."""
+    with FramePromptClient(server.address, timeout=3.0) as c:
+        job = c.submit(png(), [png()], steps=1)
+        assert len(job.result(10).frames) == 1
+        handle = weakref.ref(job)
+        del job
+        gc.collect()
+        assert handle() is None, "the client still references a finished job"
+        assert c.events.empty()
 
 
 def test_close_fails_pending_jobs_and_later_calls(server: Server) -> None:

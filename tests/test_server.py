@@ -199,7 +199,7 @@ def test_round_trip_progress_in_order_and_outputs_on_disk(make_server, clients) 
 
 def test_events_reach_the_ui_queue(make_server, clients) -> None:
     server = make_server()
-    client = clients(server.address)
+    client = clients(server.address, emit_events=True)
     job = submit(client, 1)
     job.result(10)
     seen = []

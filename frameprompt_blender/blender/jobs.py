@@ -146,7 +146,10 @@ class JobManager:
         from ..core.client import FramePromptClient
 
         self.client = FramePromptClient(
-            settings.server_address, curve_keys=_curve_keys(settings), timeout=settings.connect_timeout
+            settings.server_address,
+            curve_keys=_curve_keys(settings),
+            timeout=settings.connect_timeout,
+            emit_events=True,  # drained by the add-on's timer
         )
         self._client_key = key
         return self.client

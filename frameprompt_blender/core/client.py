@@ -217,7 +217,8 @@ class FramePromptClient:
     curve_keys: None (plain), a folder from `frameprompt keys` (client.key_secret + server.key), or CurveKeys.
     timeout: seconds a request or job may go without reaching the server before it fails.
     heartbeat_interval: seconds between heartbeats while jobs or requests are outstanding.
-    emit_events: put every event on `self.events` (a queue.Queue) for a UI timer to drain.
+    emit_events: also put every event, of all jobs, on `self.events` (a queue.Queue) for a UI timer to
+        drain. Off by default: an undrained queue would keep every result's frames alive.
     """
 
     def __init__(
@@ -227,7 +228,7 @@ class FramePromptClient:
         timeout: float = 10.0,
         *,
         heartbeat_interval: float = 1.0,
-        emit_events: bool = True,
+        emit_events: bool = False,
     ) -> None:
         P.address_host(address)  # raises ValueError on a malformed address
         self.address = address
