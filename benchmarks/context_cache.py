@@ -12,8 +12,9 @@ a different model operating point, so no difference is reported for it).
 
 Default: a CPU-sized model and resolution (the layout and the 50 inference steps are the paper's,
 the width and resolution are scaled down). The one-time extract passes cost about one uncached step
-per CFG branch, so fewer --steps show less of the per-step speed-up. --full: a 1.3B-shaped Wan2.1 I2V transformer (random weights), 480x832, 81 frames,
-50 steps, bf16 on CUDA; also prints peak GPU memory.
+per CFG branch, so fewer --steps show less of the per-step speed-up. --full: a 1.3B-shaped Wan2.1
+I2V transformer (random weights), 480x832, 81 frames, 50 steps, bf16 on CUDA; also prints peak GPU
+memory.
 
     python benchmarks/context_cache.py [--frames 40] [--steps 50] [--no-cfg] [--no-stock] [--threads 1]
     python benchmarks/context_cache.py --full
