@@ -41,6 +41,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--width-scale", type=int, default=8, help="multiply the tiny model's width/layers")
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: a step is timed between two step-end callbacks")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     parts = tiny_components()
