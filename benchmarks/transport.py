@@ -8,7 +8,7 @@ loop, client thread); its runner returns precomputed frames, so model time is ~0
 separately. The server writes a job's outputs (fsync) while its result travels; each repeat waits until
 the job is "done" on disk before the next one starts. Repeats are interleaved (bare, server, bare, server, ...). Prints the ratio; target <= 1.5.
 
-    python benchmarks/transport.py [--frames 81] [--width 832] [--height 480] [--repeats 9]
+    python benchmarks/transport.py [--frames 81] [--width 832] [--height 480] [--repeats 25]
                                    [--result-format rgb8|png] [--no-fsync] [--decode-inputs]
 
 --result-format png: the runner returns PNG files (no re-encode on the server; bytes ~ raw size since
@@ -101,7 +101,7 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--result-format", choices=["rgb8", "png"], default="rgb8")
     parser.add_argument("--no-fsync", action="store_true", help="server without fsync (less durable)")
     parser.add_argument("--decode-inputs", action="store_true", help="the runner decodes its inputs")
