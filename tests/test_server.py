@@ -694,6 +694,22 @@ def test_rgb8_results_and_png_passthrough(make_server, clients) -> None:
     assert passthrough.meta["decode_s"] == 0.0  # this runner never read its inputs: nothing decoded
 
 
+def test_png_results_are_encoded_in_parallel_in_order() -> None:
+    import numpy as np
+    from frameprompt.media import encode_pngs, png_bytes
+    from frameprompt.server.worker import encode_frames
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(9)]
+    images = [Image.fromarray(a) if i % 2 else a for i, a in enumerate(arrays)]  # PIL and arrays mixed
+    frames, width, height = encode_frames(images, "png", P.Limits())
+    assert (width, height) == (32, 24)
+    for frame, expected in zip(frames, arrays, strict=True):
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(frame))), expected)
+    pil = [Image.fromarray(a) for a in arrays]
+    assert encode_pngs(pil, compress_level=1) == [png_bytes(im, compress_level=1) for im in pil]
+
+
 def test_the_result_travels_while_it_is_stored_and_a_fetch_meanwhile_gets_it(make_server, clients) -> None:
     server = make_server()
     release = threading.Event()

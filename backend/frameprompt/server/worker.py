@@ -224,23 +224,21 @@ def pose_json_to_image(data: bytes, width: int, height: int, limits: P.Limits, w
     return Image.fromarray(array).convert("RGB")
 
 
-def encode_png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
 def encode_frames(images: Sequence[Any], frame_format: str, limits: P.Limits) -> tuple[list[Any], int, int]:
     """A runner's output frames as protocol parts of `frame_format`, plus their (width, height).
 
     A runner may return PIL images, uint8 arrays of shape (H, W, 3), or PNG files (bytes). Nothing is
     converted that need not be: PNG bytes are checked (header, chunk CRCs, size caps; no pixel decode)
     and sent as they are for "png"; arrays are sent as buffers (no copy) for "rgb8"; PIL images are
-    encoded once (PNG compress_level 1) or copied once (rgb8). Every frame must have the same size."""
+    encoded once (PNG compress_level 1, all frames in parallel) or copied once (rgb8). Every frame
+    must have the same size."""
     import numpy as np
     from PIL import Image
 
+    from frameprompt.media import encode_pngs
+
     out: list[Any] = []
+    to_encode: dict[int, Image.Image] = {}  # output index -> image, encoded together below
     sizes: set[tuple[int, int]] = set()
     for i, item in enumerate(images):
         what = f"output frame {i}"
@@ -259,17 +257,24 @@ def encode_frames(images: Sequence[Any], frame_format: str, limits: P.Limits) ->
                 )
             sizes.add((arr.shape[1], arr.shape[0]))
             if frame_format == "png":
-                out.append(encode_png(Image.fromarray(arr)))
+                to_encode[len(out)] = Image.fromarray(arr)
+                out.append(None)
             else:
                 out.append(np.ascontiguousarray(arr))
         elif isinstance(item, Image.Image):
             im = item if item.mode == "RGB" else item.convert("RGB")
             sizes.add(im.size)
-            out.append(encode_png(im) if frame_format == "png" else im.tobytes())
+            if frame_format == "png":
+                to_encode[len(out)] = im
+                out.append(None)
+            else:
+                out.append(im.tobytes())
         else:
             raise FramePromptError(f"{what} is a {type(item).__name__}, not an image, array or PNG bytes")
     if len(sizes) > 1:
         raise FramePromptError(f"the model returned frames of different sizes: {sorted(sizes)}")
+    for index, data in zip(to_encode, encode_pngs(list(to_encode.values()), compress_level=1), strict=True):
+        out[index] = data
     width, height = sizes.pop() if sizes else (0, 0)
     return out, width, height
 
