@@ -19,7 +19,6 @@ model does (that decode then counts as model time; its share is printed as decod
 from __future__ import annotations
 
 import argparse
-import io
 import multiprocessing as mp
 import statistics
 import sys
@@ -38,14 +37,11 @@ def make_frames(n: int, width: int, height: int, seed: int = 1) -> list[np.ndarr
     return [np.roll(base, 7 * i, axis=1) for i in range(n)]
 
 
-def png_bytes(image: Any, level: int = 1) -> bytes:
+def png_bytes(array: np.ndarray, level: int = 1) -> bytes:
+    from frameprompt.media import png_bytes as encode
     from PIL import Image
 
-    buf = io.BytesIO()
-    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(
-        buf, "PNG", compress_level=level
-    )
-    return buf.getvalue()
+    return encode(Image.fromarray(array), compress_level=level)
 
 
 class PrecomputedRunner:

@@ -237,8 +237,7 @@ def encode_frames(images: Sequence[Any], frame_format: str, limits: P.Limits) ->
 
     from frameprompt.media import encode_pngs
 
-    out: list[Any] = []
-    to_encode: dict[int, Image.Image] = {}  # output index -> image, encoded together below
+    out: list[Any] = []  # for "png", PIL images stand in until all are encoded at once below
     sizes: set[tuple[int, int]] = set()
     for i, item in enumerate(images):
         what = f"output frame {i}"
@@ -256,25 +255,18 @@ def encode_frames(images: Sequence[Any], frame_format: str, limits: P.Limits) ->
                     f"{what} is a {arr.dtype} array of shape {arr.shape}, not (H, W, 3) uint8"
                 )
             sizes.add((arr.shape[1], arr.shape[0]))
-            if frame_format == "png":
-                to_encode[len(out)] = Image.fromarray(arr)
-                out.append(None)
-            else:
-                out.append(np.ascontiguousarray(arr))
+            out.append(Image.fromarray(arr) if frame_format == "png" else np.ascontiguousarray(arr))
         elif isinstance(item, Image.Image):
             im = item if item.mode == "RGB" else item.convert("RGB")
             sizes.add(im.size)
-            if frame_format == "png":
-                to_encode[len(out)] = im
-                out.append(None)
-            else:
-                out.append(im.tobytes())
+            out.append(im if frame_format == "png" else im.tobytes())
         else:
             raise FramePromptError(f"{what} is a {type(item).__name__}, not an image, array or PNG bytes")
     if len(sizes) > 1:
         raise FramePromptError(f"the model returned frames of different sizes: {sorted(sizes)}")
-    for index, data in zip(to_encode, encode_pngs(list(to_encode.values()), compress_level=1), strict=True):
-        out[index] = data
+    pending = [i for i, frame in enumerate(out) if isinstance(frame, Image.Image)]
+    for i, data in zip(pending, encode_pngs([out[i] for i in pending], compress_level=1), strict=True):
+        out[i] = data
     width, height = sizes.pop() if sizes else (0, 0)
     return out, width, height
 
