@@ -52,6 +52,23 @@ def test_mask_channel_c_flags_pixel_frame_t_minus_1_times_4_plus_1_plus_c():
     assert mask[0, :, 2, 0, 0].tolist() == [0, 0, 0, 0]
 
 
+def test_image_to_video_layout_is_reference_then_targets():
+    # Stage 1 (plain I2V pretraining): [reference | N targets], only the reference is given
+    layout = SequenceLayout(8, 32, 32).without_skeleton()
+    assert (layout.pixel_frames, layout.latent_frames, layout.context_latent_frames) == (9, 3, 1)
+    assert layout.target_pixel_slice == slice(1, 9)
+    mask = method.build_context_mask(layout)
+    assert mask[0, 0, :, 0, 0].tolist() == [1, 0, 0]
+
+
+def test_drop_skeleton_keeps_the_reference_and_target_latents():
+    layout = SequenceLayout(8, 32, 32)  # latents: reference 0, skeleton 1-2, target 3-4
+    latents = torch.arange(5.0).view(1, 1, 5, 1, 1).expand(2, 3, 5, 4, 4)
+    kept = method.drop_skeleton(latents, layout)
+    assert kept[0, 0, :, 0, 0].tolist() == [0, 3, 4]
+    assert kept.shape[2] == layout.without_skeleton().latent_frames
+
+
 def test_selective_noise_keeps_context_clean():
     layout = SequenceLayout(8, 32, 32)
     x0, noise = torch.randn(2, 16, 5, 4, 4), torch.randn(2, 16, 5, 4, 4)

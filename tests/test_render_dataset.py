@@ -158,3 +158,27 @@ def test_procedural_characters_render_and_respect_the_held_out_split(tmp_path):
     assert all(i % 10 for i in train_ids) and all(i % 10 == 0 for i in test_ids)
     for clip in (tmp_path / "train").iterdir():
         assert (clip / "reference.png").is_file() and len(list((clip / "target").glob("*.png"))) == 4
+
+
+def test_built_in_clips_look_like_what_a_user_sends(tmp_path):
+    """A separate reference render of the clip's first frame, large motion after it, a character that
+    fills at least 40 % of the frame height, and a background that stays put."""
+    motions = "walk,run,wave,jump,turn,dance,crouch"
+    out = tmp_path / "data"
+    result = _render(out, 7, "--motions", motions, "--characters", "train", "--num-characters", "7")
+    assert result.returncode == 0, result.stderr[-2000:]
+    from frameprompt.data import clip_skeleton_images, load_dataset
+
+    for clip in load_dataset(out):
+        meta = json.loads((clip.path / "meta.json").read_text())
+        assert meta["reference_frame"] < meta["frames"][0], meta
+        reference = np.asarray(PIL.Image.open(clip.path / "reference.png").convert("RGB")).astype(int)
+        targets = np.stack([np.asarray(PIL.Image.open(f).convert("RGB")) for f in clip.target_files])
+        moving = (np.abs(targets.astype(int) - reference).max(-1) > 25).any(0)
+        assert moving.mean() >= 0.1, f"{meta['source']}: only {moving.mean():.1%} of the pixels move"
+        # the skeleton (neck to ankles) alone spans 40 % of the height in some frame
+        rows = [np.flatnonzero(np.asarray(s).max(-1).max(-1)) for s in clip_skeleton_images(clip)]
+        assert max(r[-1] - r[0] + 1 for r in rows if len(r)) >= 0.4 * clip.height, meta["source"]
+        # the corners (background) are the same in every frame: a static camera
+        corners = targets[:, [0, 0, -1, -1], [0, -1, 0, -1]]
+        assert np.abs(corners.astype(int) - corners[0]).max() <= 2, meta["source"]

@@ -196,6 +196,67 @@ def test_full_finetune_saves_a_loadable_model_folder(tiny_model_dir, two_clips, 
     assert pipe(reference, poses, num_inference_steps=2, output_type="np").frames.shape == (1, 4, 32, 32, 3)
 
 
+def test_image_to_video_stage_with_ema_then_frameprompt_from_it(tiny_model_dir, two_clips, tmp_path):
+    from frameprompt.loading import load_pipeline
+    from frameprompt.train import EMA_MODEL_DIR
+
+    stage1 = Trainer(
+        _config(
+            two_clips,
+            tiny_model_dir,
+            tmp_path / "stage1",
+            full=True,
+            max_steps=3,
+            learning_rate=1e-3,
+            objective="image_to_video",
+            ema_decay=0.5,
+            checkpoint_every=1000,
+        )
+    ).run()
+    assert all(np.isfinite(stage1.losses))
+    ema_dir = tmp_path / "stage1" / EMA_MODEL_DIR
+    info = json.loads((ema_dir / TRAINING_INFO).read_text())
+    assert info["objective"] == "image_to_video" and info["ema_decay"] == 0.5
+    live = load_file(str(stage1.output / "transformer" / "diffusion_pytorch_model.safetensors"))
+    averaged = load_file(str(ema_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert live.keys() == averaged.keys()
+    assert any(not torch.equal(live[k], averaged[k]) for k in live), "the EMA equals the live weights"
+
+    # resuming the finished stage from its checkpoint writes the same EMA model again
+    again = Trainer(
+        _config(
+            two_clips,
+            tiny_model_dir,
+            tmp_path / "stage1",
+            full=True,
+            max_steps=3,
+            learning_rate=1e-3,
+            objective="image_to_video",
+            ema_decay=0.5,
+            checkpoint_every=1000,
+            resume=True,
+        )
+    ).run()
+    assert again.steps == 3
+    rewritten = load_file(str(ema_dir / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(averaged[k], rewritten[k]) for k in averaged)
+
+    # Stage 2: FramePrompt fine-tuning starts from the Stage-1 EMA weights
+    stage2 = Trainer(
+        _config(two_clips, ema_dir, tmp_path / "stage2", full=True, max_steps=1, checkpoint_every=1000)
+    ).run()
+    pipe = load_pipeline(stage2.output, device="cpu")
+    reference, poses = demo_inputs(num_frames=4, size=32)
+    assert pipe(reference, poses, num_inference_steps=2, output_type="np").frames.shape == (1, 4, 32, 32, 3)
+
+
+def test_ema_needs_full_training(tiny_model_dir, two_clips, tmp_path):
+    from frameprompt.errors import FramePromptError
+
+    with pytest.raises(FramePromptError, match="--full"):
+        Trainer(_config(two_clips, tiny_model_dir, tmp_path / "out", max_steps=1, ema_decay=0.9)).run()
+
+
 def test_context_cache_training_marks_the_result(tiny_model_dir, two_clips, tmp_path):
     pytest.importorskip("frameprompt.context_cache")
     from diffusers import WanTransformer3DModel

@@ -161,34 +161,58 @@ def predict(
     return info
 
 
-def character_region_psnr(data: str | Path, pred: str | Path, radius: int = 5) -> dict:
-    """PSNR (dB, 0-255) inside the character region only: each frame's skeleton drawing dilated by
-    `radius` pixels. At 64x64 the character covers ~10 % of a frame, so whole-frame PSNR is dominated by
-    the background, which repeating the reference already gets right; this isolates the character.
-    Mean over frames, then clips; clips missing under `pred` are skipped."""
+MOTION_THRESHOLD = 25  # 0-255: a pixel "moves" where a target differs from the reference by more
+
+
+def _psnr_in(prediction: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
+    """PSNR (dB, 0-255) over the pixels where `mask` (H, W) is true; inf-safe."""
+    if not mask.any():
+        return float("nan")
+    mse = float(((prediction - truth) ** 2)[mask].mean())
+    return 10 * np.log10(255.0**2 / max(mse, 1e-10))
+
+
+def region_psnr(data: str | Path, pred: str | Path, radius: int = 5) -> dict:
+    """PSNR (dB, 0-255) of `pred/<clip>/0000.png ...` against the held-out targets, in three regions:
+
+    * moving: pixels where some ground-truth target differs from the reference image by more than
+      MOTION_THRESHOLD in a channel (the union over the clip): what copying the reference gets wrong;
+    * static: every other pixel (the background the model must keep);
+    * character: each frame's skeleton drawing dilated by `radius` pixels.
+    Mean over frames, then clips; clips missing under `pred` are skipped. `moving_fraction` is the
+    mean share of a clip's pixels in the moving region.
+    """
     import torch.nn.functional as F
 
     from .data import clip_skeleton_images, load_dataset
 
-    values = []
+    rows: dict[str, list[float]] = {"moving": [], "static": [], "character": [], "moving_fraction": []}
     for clip in load_dataset(data, temporal_factor=4, spatial_multiple=8):
         files = sorted((Path(pred) / clip.name).glob("*.png"))
         if not files:
             continue
         skel = torch.from_numpy(np.stack([np.asarray(im) for im in clip_skeleton_images(clip)])).float()
-        mask = (skel.amax(-1) > 0).float()[:, None]
-        mask = F.max_pool2d(mask, 2 * radius + 1, stride=1, padding=radius)[:, 0]  # (N, H, W)
+        character = (skel.amax(-1) > 0).float()[:, None]
+        character = F.max_pool2d(character, 2 * radius + 1, stride=1, padding=radius)[:, 0].bool().numpy()
         gt = np.stack([np.asarray(PIL.Image.open(f).convert("RGB")) for f in clip.target_files]).astype(
             np.float64
         )
         pr = np.stack([np.asarray(PIL.Image.open(f).convert("RGB")) for f in files]).astype(np.float64)
-        m = mask.numpy()[..., None]
-        per_frame = []
-        for i in range(len(gt)):
-            mse = ((pr[i] - gt[i]) ** 2 * m[i]).sum() / max(1.0, m[i].sum() * 3)
-            per_frame.append(10 * np.log10(255.0**2 / max(mse, 1e-10)))
-        values.append(float(np.mean(per_frame)))
-    return {"character_psnr": float(np.mean(values)), "clips": len(values), "radius": radius}
+        ref = np.asarray(PIL.Image.open(clip.path / "reference.png").convert("RGB")).astype(np.float64)
+        moving = (np.abs(gt - ref).max(-1) > MOTION_THRESHOLD).any(0)
+        rows["moving_fraction"].append(float(moving.mean()))
+        for name, masks in (
+            ("moving", [moving] * len(gt)),
+            ("static", [~moving] * len(gt)),
+            ("character", character),
+        ):
+            rows[name].append(float(np.nanmean([_psnr_in(pr[i], gt[i], masks[i]) for i in range(len(gt))])))
+    result: dict = {
+        f"{k}_psnr" if k != "moving_fraction" else k: float(np.nanmean(v)) for k, v in rows.items()
+    }
+    result["min_moving_fraction"] = float(np.min(rows["moving_fraction"])) if rows["moving_fraction"] else 0.0
+    result.update(clips=len(rows["moving"]), radius=radius, motion_threshold=MOTION_THRESHOLD)
+    return result
 
 
 def comparison_grid(
@@ -280,7 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-references", action="store_true")
     p = sub.add_parser("region")
     p.add_argument("--data", required=True)
-    p.add_argument("--pred", required=True, help="a folder of <clip>/0000.png ... (e.g. <predict out>/model)")
+    p.add_argument(
+        "--pred", required=True, help="<clip>/0000.png ... folders, or the predict --out folder (every kind)"
+    )
     p.add_argument("--json", help="write the result here too")
     p = sub.add_parser("grid")
     p.add_argument("--data", required=True)
@@ -299,8 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "predict":
         predict(args.model, args.data, args.out, args.steps, args.seed, args.limit, not args.no_references)
     elif args.action == "region":
-        result = character_region_psnr(args.data, args.pred)
-        print(json.dumps(result))
+        folders = (
+            [args.pred]
+            if any(Path(args.pred).glob("*/0000.png"))
+            else sorted(str(p) for p in Path(args.pred).iterdir() if p.is_dir() and any(p.glob("*/0000.png")))
+        )
+        result = {Path(f).name: region_psnr(args.data, f) for f in folders}
+        print(json.dumps(result, indent=1))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=1))
     elif args.action == "grid":

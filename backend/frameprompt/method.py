@@ -13,10 +13,13 @@ L = 1 + N/2, Lc = 1 + N/4). Everything below is derived from them; nothing assum
 Section 3.3 (sequence + mask):  `SequenceLayout`, `build_context_mask`, `condition_pixels`.
 Section 3.3 (training loss):    `sample_sigmas`, `noise_target`, `timestep_for`, `frameprompt_loss`.
 Inference:                      `model_input`, `join_sequence` (the pipeline's loop).
+The pretrained I2V model it starts from: `SequenceLayout(with_skeleton=False)` is plain
+image-to-video, `[reference | N frames]`, and `drop_skeleton` turns a FramePrompt sequence into it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -43,6 +46,8 @@ class SequenceLayout:
             continuing the previous one, see `frameprompt.windows`): they join the context, so the
             given frames stay one contiguous prefix `[reference | skeleton | carried]`. A multiple of
             T below N; 0 (the paper's layout) by default.
+        with_skeleton: False gives plain image-to-video, `[reference | N target]`: the pretraining
+            task of the I2V model FramePrompt starts from (Stage 1 of `frameprompt finetune`).
     """
 
     num_frames: int
@@ -52,6 +57,7 @@ class SequenceLayout:
     spatial_factor: int = 8
     patch_size: tuple[int, int, int] = (1, 2, 2)
     carried_frames: int = 0
+    with_skeleton: bool = True
 
     def __post_init__(self) -> None:
         # diffusers' AutoencoderKLWan encodes frame 0, then chunks of 4 frames, whatever its temporal
@@ -101,19 +107,24 @@ class SequenceLayout:
         )
 
     @property
+    def skeleton_frames(self) -> int:
+        """N, or 0 for plain image-to-video."""
+        return self.num_frames if self.with_skeleton else 0
+
+    @property
     def pixel_frames(self) -> int:
         """F = 1 + 2N."""
-        return 1 + 2 * self.num_frames
+        return 1 + self.skeleton_frames + self.num_frames
 
     @property
     def latent_frames(self) -> int:
         """L = 1 + 2N/T (the Wan VAE encodes frame 0 alone, then chunks of T)."""
-        return 1 + 2 * self.num_frames // self.temporal_factor
+        return 1 + (self.skeleton_frames + self.num_frames) // self.temporal_factor
 
     @property
     def context_latent_frames(self) -> int:
         """Lc = 1 + N/T: reference + skeleton latents (+ carried/T when continuing a window)."""
-        return 1 + (self.num_frames + self.carried_frames) // self.temporal_factor
+        return 1 + (self.skeleton_frames + self.carried_frames) // self.temporal_factor
 
     @property
     def target_latent_frames(self) -> int:
@@ -140,7 +151,11 @@ class SequenceLayout:
     @property
     def target_pixel_slice(self) -> slice:
         """Where the N target frames (carried ones included) sit among the F decoded pixel frames."""
-        return slice(1 + self.num_frames, 1 + 2 * self.num_frames)
+        return slice(1 + self.skeleton_frames, self.pixel_frames)
+
+    def without_skeleton(self) -> SequenceLayout:
+        """The plain image-to-video layout of the same reference and targets."""
+        return dataclasses.replace(self, with_skeleton=False)
 
 
 def build_context_mask(
@@ -157,7 +172,7 @@ def build_context_mask(
     t = layout.temporal_factor
     h, w = layout.latent_size
     given = torch.zeros(layout.pixel_frames, device=device, dtype=dtype)
-    given[: 1 + layout.num_frames + layout.carried_frames] = 1
+    given[: 1 + layout.skeleton_frames + layout.carried_frames] = 1
     per_frame = torch.cat([given[:1].repeat(t), given[1:]])  # (T * L,)
     mask = per_frame.view(layout.latent_frames, t).transpose(0, 1)  # (T, L)
     return mask[None, :, :, None, None].expand(batch_size, t, layout.latent_frames, h, w).contiguous()
@@ -184,6 +199,16 @@ def context_pixels(
     the first Lc latents of the whole sequence."""
     parts = [reference, skeleton] if carried is None else [reference, skeleton, carried]
     return torch.cat(parts, dim=2)
+
+
+def drop_skeleton(latents: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """(B, C, L, h, w) of a FramePrompt sequence -> (B, C, 1 + N/T, h, w) of `[reference | target]`.
+
+    Exact for a codec without temporal compression (each frame its own latent, as the embedded
+    model's); with Wan2.1's causal VAE the target latents keep what they saw of the skeleton.
+    """
+    skeleton = layout.skeleton_frames // layout.temporal_factor
+    return torch.cat([latents[:, :, :1], latents[:, :, 1 + skeleton :]], dim=2)
 
 
 def latent_zero_condition(context_latents: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:

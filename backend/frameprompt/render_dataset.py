@@ -4,16 +4,19 @@ Runs inside Blender's Python: the `bpy` module (pip install bpy) or a `blender` 
 (`frameprompt dataset render --blender PATH` re-runs this file as `blender -b --python ... -- ARGS`).
 No torch here.
 
-Per clip (its own seeded RNG, so a resumed run renders exactly the clips it would have rendered):
-  * a scene: a .blend file with a rigged character and one of its actions, or the built-in demo
-    humanoid driven by a procedural motion (walk, run, wave, jump, turn, dance);
-  * camera jitter (orbit +-25 deg, distance +-12 %, height +-0.15 m) and background variety (world and
-    ground colours);
-  * the reference frame from a random pose of the motion, then N consecutive frames: skeletons from
-    the shared skeleton export (`frameprompt_blender.blender.skeleton.export_skeleton_frames`, the same
-    code the add-on uses at inference) and the rendered target frames.
+Built-in clips are shaped like what a user sends (docs/dataset.md): the reference is a separate
+render of the clip's first frame (the add-on renders the scene's first frame the same way), the N
+targets follow it with large motion (walks and runs across the frame, jumps, crouches, turns, arm
+swings), the camera is static within a clip and placed so the character fills 60-85 % of the frame
+height, and the background (world and ground colour) is flat and static within a clip, varied
+between clips. Skeletons come from the shared skeleton export
+(`frameprompt_blender.blender.skeleton.export_skeleton_frames`, the code the add-on uses at inference).
+
+With `--blend` files: one of the file's actions on its armature, the scene camera jittered.
+
 A clip is rendered into `.tmp-<clip>` and renamed when complete (meta.json written last), so
-re-running the command skips finished clips and redoes an interrupted one.
+re-running the command skips finished clips and redoes an interrupted one; each clip has its own
+seeded RNG, so a resumed run renders exactly the clips it would have rendered.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 
 from .dataset_format import REFERENCE_FILE, TARGET_DIR, frame_name, write_meta
 
-MOTIONS = ("walk", "run", "wave", "jump", "turn", "dance")
+MOTIONS = ("walk", "run", "wave", "jump", "turn", "dance", "crouch")
 X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
 ENGINES = {"workbench": "BLENDER_WORKBENCH", "eevee": "BLENDER_EEVEE_NEXT", "cycles": "CYCLES"}
 
@@ -70,17 +73,18 @@ def _run(ph: float, k: dict[str, float]) -> Pose3D:
 
 
 def _wave(ph: float, k: dict[str, float]) -> Pose3D:
+    """Walking while waving one arm."""
     side = 1.0 if k["side"] > 0.5 else -1.0
     arm, fore = ("upper_arm.R", "forearm.R") if side > 0 else ("upper_arm.L", "forearm.L")
-    return (
+    bones, _, _ = _walk(ph, k, scale=0.7)
+    bones.update(
         {
-            arm: (Y, side * math.radians(95)),
-            fore: (Y, side * (math.radians(35) + math.radians(30 * k["amp"]) * math.sin(2 * ph))),
+            arm: (Y, side * math.radians(150)),
+            fore: (Y, side * (math.radians(20) + math.radians(50 * k["amp"]) * math.sin(2 * ph))),
             "spine.006": (Z, math.radians(10) * math.sin(ph)),
-        },
-        (0.0, 0.0, 0.0),
-        0.0,
+        }
     )
+    return bones, (0.0, 0.0, 0.0), 0.0
 
 
 def _jump(ph: float, k: dict[str, float]) -> Pose3D:
@@ -122,6 +126,24 @@ def _dance(ph: float, k: dict[str, float]) -> Pose3D:
     )
 
 
+def _crouch(ph: float, k: dict[str, float]) -> Pose3D:
+    down = 0.5 - 0.5 * math.cos(ph)  # stand -> squat -> stand over one period
+    depth = k["amp"] * down
+    return (
+        {
+            "thigh.L": (X, -math.radians(80) * depth),
+            "thigh.R": (X, -math.radians(80) * depth),
+            "shin.L": (X, math.radians(120) * depth),
+            "shin.R": (X, math.radians(120) * depth),
+            "spine.001": (X, -math.radians(25) * depth),
+            "upper_arm.L": (X, -math.radians(70) * depth),
+            "upper_arm.R": (X, -math.radians(70) * depth),
+        },
+        (0.0, 0.0, -0.42 * depth),
+        0.0,
+    )
+
+
 MOTION_FUNCTIONS: dict[str, Callable[[float, dict[str, float]], Pose3D]] = {
     "walk": _walk,
     "run": _run,
@@ -129,7 +151,21 @@ MOTION_FUNCTIONS: dict[str, Callable[[float, dict[str, float]], Pose3D]] = {
     "jump": _jump,
     "turn": _turn,
     "dance": _dance,
+    "crouch": _crouch,
 }
+# how far a motion carries the character across the frame during a clip, as a fraction of the
+# visible width: every clip moves (users animate motion, and a still clip teaches copying)
+MOTION_TRAVEL = {
+    "walk": (0.35, 0.6),
+    "run": (0.5, 0.75),
+    "wave": (0.2, 0.4),
+    "jump": (0.25, 0.45),
+    "turn": (0.25, 0.45),
+    "dance": (0.15, 0.35),
+    "crouch": (0.1, 0.3),
+}
+# the gait/cycle period of each motion in frames; "turn" and "crouch" span the clip once
+MOTION_PERIODS = {"walk": (14, 20), "run": (10, 14), "wave": (12, 20), "jump": (12, 16), "dance": (12, 20)}
 
 
 @dataclass
@@ -164,27 +200,33 @@ def _bpy():
     return bpy
 
 
-def _key_motion(arm: Any, motion: str, length: int, rng: random.Random) -> None:
-    """Key a procedural motion on frames 1..length (one key per frame)."""
+def _key_motion(
+    arm: Any,
+    motion: str,
+    length: int,
+    rng: random.Random,
+    yaw: float = 0.0,
+    travel: tuple[float, float] = (0.0, 0.0),
+) -> None:
+    """Key a procedural motion on frames 1..length (one key per frame), the character facing `yaw`
+    (radians about Z; 0 faces -Y) and carried by `travel` (world metres, x and y) over the clip."""
     _bpy()
-    from mathutils import Quaternion, Vector
+    from mathutils import Matrix, Quaternion, Vector
 
     fn = MOTION_FUNCTIONS[motion]
-    period = rng.uniform(0.6, 1.0) * length if motion in ("turn",) else rng.choice([12, 16, 20, 24])
+    low, high = MOTION_PERIODS.get(motion, (length - 1, length - 1))
+    period = max(2, rng.randint(low, high))
     k = {"amp": rng.uniform(0.7, 1.2), "side": rng.random()}
     arm.animation_data_clear()
     base_location = Vector(arm.location)
-    base_yaw = arm.rotation_euler.z
     bones = arm.pose.bones
     for pb in bones:
         pb.rotation_mode = "QUATERNION"
     for f in range(1, length + 1):
-        ph = (
-            2 * math.pi * ((f - 1) / period % 1.0)
-            if motion != "turn"
-            else 2 * math.pi * min(1.0, (f - 1) / period)
-        )
-        rotations, (dx, dy, dz), yaw = fn(ph, k)
+        along = (f - 1) / max(1, length - 1)
+        # turn and crouch play once over the clip, the others cycle with their period
+        ph = 2 * math.pi * (along if motion in ("turn", "crouch") else (f - 1) / period % 1.0)
+        rotations, offset, motion_yaw = fn(ph, k)
         for pb in bones:
             if pb.name in rotations:
                 axis, angle = rotations[pb.name]
@@ -193,13 +235,53 @@ def _key_motion(arm: Any, motion: str, length: int, rng: random.Random) -> None:
             else:
                 pb.rotation_quaternion = Quaternion()
             pb.keyframe_insert("rotation_quaternion", frame=f)
-        arm.location = base_location + Vector((dx, dy, dz))
-        arm.rotation_euler.z = base_yaw + yaw
+        step = Vector((travel[0] * along, travel[1] * along, 0.0))
+        arm.location = base_location + step + Matrix.Rotation(yaw, 3, "Z") @ Vector(offset)
+        arm.rotation_euler.z = yaw + motion_yaw
         arm.keyframe_insert("location", frame=f)
         arm.keyframe_insert("rotation_euler", frame=f)
 
 
-def _jitter_camera(camera: Any, target: Any, rng: random.Random, distance: float = 1.0) -> None:
+def _stage_builtin_clip(
+    demo: Any, motion: str, length: int, rng: random.Random, character_height: float
+) -> None:
+    """Place the camera and key the motion so the clip looks like a user's shot: the character fills
+    60-85 % of the frame height and crosses the frame from side to side."""
+    _bpy()
+    from mathutils import Matrix, Vector
+
+    camera, arm = demo.camera, demo.armature
+    half_fov = math.atan(camera.data.sensor_width / (2 * camera.data.lens))  # square frames: fit is moot
+    fill = rng.uniform(0.6, 0.85)
+    visible = character_height / fill  # metres seen from bottom to top (and left to right)
+    distance = visible / (2 * math.tan(half_fov))
+    azimuth = rng.uniform(-math.pi, math.pi)
+    towards_camera = Vector((math.sin(azimuth), -math.cos(azimuth), 0.0))
+    right = Vector((math.cos(azimuth), math.sin(azimuth), 0.0))  # the camera's right in the ground plane
+
+    low, high = MOTION_TRAVEL.get(motion, (0.0, 0.0))
+    path = rng.uniform(low, high) * visible
+    if path > 0:
+        # across the frame, up to about 23 degrees towards or away from the camera
+        direction = Matrix.Rotation(rng.uniform(-0.4, 0.4), 3, "Z") @ (right * rng.choice((-1.0, 1.0)))
+        heading = direction
+    else:
+        direction = Vector((0.0, 0.0, 0.0))
+        turn = rng.uniform(-1.3, 1.3)
+        heading = Vector((math.sin(azimuth + turn), -math.cos(azimuth + turn), 0.0))
+    yaw = math.atan2(heading.x, -heading.y)  # the character faces -Y at yaw 0
+    start = -direction * (path / 2)
+    arm.location = (start.x, start.y, 0.0)
+    arm.rotation_euler = (0.0, 0.0, yaw)
+    _key_motion(arm, motion, length, rng, yaw, tuple(direction.xy * path))  # type: ignore[arg-type]
+
+    aim = Vector((0.0, 0.0, character_height * rng.uniform(0.45, 0.55)))
+    camera.location = aim + towards_camera * distance + Vector((0.0, 0.0, rng.uniform(-0.2, 0.4)))
+    camera.rotation_euler = (aim - camera.location).to_track_quat("-Z", "Y").to_euler()
+    demo.ground.scale = (6.0, 6.0, 1.0)  # no ground edge in view at any distance used here
+
+
+def _jitter_camera(camera: Any, target: Any, rng: random.Random) -> None:
     """Orbit the camera around the character by +-25 deg, move it +-12 % closer/farther, +-0.15 m up/down,
     and aim it at `target` (a world point)."""
     _bpy()
@@ -207,7 +289,7 @@ def _jitter_camera(camera: Any, target: Any, rng: random.Random, distance: float
 
     offset = Vector(camera.location) - target
     offset = Matrix.Rotation(math.radians(rng.uniform(-25, 25)), 3, "Z") @ offset
-    offset *= distance * rng.uniform(0.88, 1.12)
+    offset *= rng.uniform(0.88, 1.12)
     offset.z += rng.uniform(-0.15, 0.15)
     camera.location = target + offset
     camera.rotation_euler = (-offset).to_track_quat("-Z", "Y").to_euler()
@@ -293,7 +375,9 @@ def _load_blend_scene(
 
 def _builtin_scene(
     config: RenderConfig, motion: str, rng: random.Random, character: int | None = None
-) -> tuple[Any, Any, Any, int, int, str]:
+) -> tuple[Any, Any, Any, int, list[int], str]:
+    """The built-in humanoid (or procedural character) staged as a user's shot; returns scene,
+    armature, camera, the reference frame (the clip's first) and the N target frames after it."""
     bpy = _bpy()
     from frameprompt_blender.blender.demo_scene import build_demo_scene
 
@@ -303,17 +387,37 @@ def _builtin_scene(
         from frameprompt_blender.blender.characters import character_params, replace_demo_character
 
         demo = replace_demo_character(demo, character_params(character))
-    length = max(2 * config.frames, 24)
-    _key_motion(demo.armature, motion, length, rng)
+    # every frame or every other one: N targets then span up to 2N frames of motion
+    stride = rng.choice((1, 2, 2))
+    length = 1 + stride * config.frames
+    top = max(b.tail_local.z for b in demo.armature.data.bones) * demo.armature.scale.z
+    _stage_builtin_clip(demo, motion, length, rng, character_height=1.05 * top)
     name = f"builtin:{motion}" + (f":char{character}" if character is not None else "")
-    return demo.scene, demo.armature, demo.camera, 1, length, name
+    targets = [1 + stride * (i + 1) for i in range(config.frames)]
+    return demo.scene, demo.armature, demo.camera, 1, targets, name
+
+
+def _blend_clip(
+    path: str, config: RenderConfig, rng: random.Random
+) -> tuple[Any, Any, Any, int, list[int], str]:
+    """A user's .blend: one of its actions, a random window of N frames, a random reference frame."""
+    from mathutils import Vector
+
+    scene, arm, camera, start, end, source = _load_blend_scene(path, config, rng)
+    n = config.frames
+    if end - start + 1 < n:
+        raise RuntimeError(f"{source} has {end - start + 1} frames, fewer than --frames {n}")
+    scene.frame_set(start)
+    heads = [arm.matrix_world @ pb.head for pb in arm.pose.bones]
+    centre = sum(heads, Vector((0.0, 0.0, 0.0))) / max(1, len(heads))  # the character's middle
+    _jitter_camera(camera, centre, rng)
+    first = rng.randint(start, end - n + 1)
+    return scene, arm, camera, rng.randint(start, end), list(range(first, first + n)), source
 
 
 def render_clip(config: RenderConfig, index: int) -> Path:
     """Render clip `index` into <out>/clip_<index>; returns its folder."""
     _bpy()
-    from mathutils import Vector
-
     from frameprompt_blender.blender.skeleton import export_skeleton_frames
 
     rng = random.Random(config.seed * 1_000_003 + index)
@@ -325,25 +429,14 @@ def render_clip(config: RenderConfig, index: int) -> Path:
 
     if config.blends:
         blend = config.blends[index % len(config.blends)] if len(config.blends) > 1 else config.blends[0]
-        scene, arm, camera, start, end, source = _load_blend_scene(blend, config, rng)
+        scene, arm, camera, reference_frame, frames, source = _blend_clip(blend, config, rng)
     else:
         motion = config.motions[index % len(config.motions)]
         character = clip_character(config, index)
-        scene, arm, camera, start, end, source = _builtin_scene(config, motion, rng, character)
-    n = config.frames
-    if end - start + 1 < n:
-        raise RuntimeError(f"{source} has {end - start + 1} frames, fewer than --frames {n}")
+        scene, arm, camera, reference_frame, frames, source = _builtin_scene(config, motion, rng, character)
     _setup_render(scene, config)
-    scene.frame_set(start)
-    heads = [arm.matrix_world @ pb.head for pb in arm.pose.bones]
-    centre = sum(heads, Vector((0.0, 0.0, 0.0))) / max(1, len(heads))  # the character's middle
-    # the demo camera frames the figure loosely: move it closer so the character fills the frame
-    _jitter_camera(camera, centre, rng, distance=1.0 if config.blends else 0.78)
     _background(scene, rng)
 
-    first = rng.randint(start, end - n + 1)
-    frames = list(range(first, first + n))
-    reference_frame = rng.randint(start, end)
     _render_frame(scene, reference_frame, tmp / REFERENCE_FILE)
     export_skeleton_frames(scene, arm, camera, frames, tmp, config.width, config.height)
     for i, f in enumerate(frames):
@@ -355,7 +448,7 @@ def render_clip(config: RenderConfig, index: int) -> Path:
         tmp,
         config.width,
         config.height,
-        n,
+        config.frames,
         fps=config.fps,
         source=source,
         engine=config.engine,

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
@@ -43,7 +43,9 @@ LOG_FILE = "train_log.csv"
 LOSS_PLOT = "loss.png"
 TRAINING_INFO = "frameprompt_training.json"
 FULL_MODEL_DIR = "model"
+EMA_MODEL_DIR = "model_ema"
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "sigma_mean", "seconds"]
+Objective = Literal["frameprompt", "image_to_video"]
 
 
 class DiskFullError(FramePromptError, OSError):
@@ -65,6 +67,9 @@ class TrainConfig:
     lora_rank: int = 128
     lora_alpha: float = 128.0
     loss: method.LossMode = "target"
+    # "image_to_video": Stage 1, the plain I2V pretraining FramePrompt starts from (no skeleton)
+    objective: Objective = "frameprompt"
+    ema_decay: float = 0.0  # > 0: keep an EMA of the weights (full training) and write it as model_ema/
     max_steps: int = 1000
     batch_size: int = 1
     gradient_accumulation_steps: int = 1
@@ -99,6 +104,8 @@ class TrainConfig:
             "lora_rank": None if self.full else self.lora_rank,
             "lora_alpha": None if self.full else self.lora_alpha,
             "loss": self.loss,
+            "objective": self.objective,
+            "ema_decay": self.ema_decay,
             "latent_zero_condition": self.latent_zero_condition,
             "context_cache": self.context_cache,
             "batch_size": self.batch_size,
@@ -151,12 +158,18 @@ def training_loss(
     loss_mode: method.LossMode = "target",
     flow_shift: float = 3.0,
     per_token_timesteps: bool = False,
+    objective: Objective = "frameprompt",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One FramePrompt training loss on a batch of cached latents; returns (loss, sigmas).
 
-    Noise and sigmas are drawn on the CPU from `generator` so runs are reproducible across devices.
+    With objective="image_to_video" the skeleton latents are dropped: `[reference | target]`, the
+    plain I2V task. Noise and sigmas are drawn on the CPU from `generator` so runs are reproducible
+    across devices.
     """
     x0, condition = batch["x0"], batch["condition"]
+    if objective == "image_to_video":
+        x0, condition = method.drop_skeleton(x0, layout), method.drop_skeleton(condition, layout)
+        layout = layout.without_skeleton()
     b = x0.shape[0]
     sigmas = method.sample_sigmas(b, shift=flow_shift, generator=generator)
     noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32).to(x0.device, x0.dtype)
@@ -322,6 +335,14 @@ class Trainer:
         if not c.full:
             acc.register_save_state_pre_hook(self._save_lora_hook)
             acc.register_load_state_pre_hook(self._load_lora_hook)
+        self.ema = None
+        if c.ema_decay > 0:
+            if not c.full:
+                raise FramePromptError("--ema-decay needs --full", "drop --ema-decay for LoRA training")
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.trainable, decay=c.ema_decay, foreach=False)
+            acc.register_for_checkpointing(self.ema)
 
     def _enable_context_cache(self, transformer) -> None:
         try:
@@ -514,6 +535,7 @@ class Trainer:
             "lora_rank": None if self.config.full else self.config.lora_rank,
             "lora_alpha": None if self.config.full else self.config.lora_alpha,
             "loss": self.config.loss,
+            "objective": self.config.objective,
             "num_frames": self.layout.num_frames,
             "width": self.layout.width,
             "height": self.layout.height,
@@ -531,25 +553,35 @@ class Trainer:
         model = acc.unwrap_model(self.transformer)
         output = self.out / (FULL_MODEL_DIR if self.config.full else LORA_FILE)
         if acc.is_main_process:
-            info = json.dumps(self._training_info(step), indent=1)
+            info = self._training_info(step)
             if self.config.full:
                 if self.config.context_cache:
                     from .context_cache import mark_trained_with_context_cache
 
                     mark_trained_with_context_cache(model)
                 self.pipe.transformer = model
-                tmp = self.out / f".tmp-{FULL_MODEL_DIR}"
-                shutil.rmtree(tmp, ignore_errors=True)
-                self.pipe.save_pretrained(tmp)
-                _write_text_atomic(tmp / TRAINING_INFO, info)
-                if output.exists():
-                    shutil.rmtree(output)
-                os.replace(tmp, output)
+                self._save_full_model(output, info)
+                if self.ema is not None:
+                    # the averaged weights go out as a second model; the live ones continue training
+                    self.ema.store(self.trainable)
+                    self.ema.copy_to(self.trainable)
+                    self._save_full_model(self.out / EMA_MODEL_DIR, {**info, "ema_decay": self.ema.decay})
+                    self.ema.restore(self.trainable)
             else:
                 save_lora(model, self.out)
-            _write_text_atomic(self.out / TRAINING_INFO, info)
+            _write_text_atomic(self.out / TRAINING_INFO, json.dumps(info, indent=1))
         acc.wait_for_everyone()
         return output
+
+    def _save_full_model(self, output: Path, info: dict[str, Any]) -> None:
+        """The whole pipeline with the trained transformer, written to a temp folder and renamed."""
+        tmp = output.parent / f".tmp-{output.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pipe.save_pretrained(tmp)
+        _write_text_atomic(tmp / TRAINING_INFO, json.dumps(info, indent=1))
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
 
     # ---- loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -591,6 +623,7 @@ class Trainer:
                         loss_mode=c.loss,
                         flow_shift=c.flow_shift,
                         per_token_timesteps=c.context_cache,
+                        objective=c.objective,
                     )
                     if not torch.isfinite(loss):
                         raise FramePromptError(
@@ -603,6 +636,8 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
+                    if self.ema is not None and acc.sync_gradients:
+                        self.ema.step(self.trainable)
                 micro_step += 1
                 accumulated += (
                     acc.gather(loss.detach().float().reshape(1)).mean().item() / c.gradient_accumulation_steps

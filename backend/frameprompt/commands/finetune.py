@@ -28,6 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="target",
         help="target: noise and supervise the N target frames only (paper default); all: every frame",
     )
+    parser.add_argument(
+        "--objective",
+        choices=["frameprompt", "image-to-video"],
+        default="frameprompt",
+        help="frameprompt (default); image-to-video: Stage 1, plain I2V pretraining (reference -> "
+        "targets, skeletons ignored) for a model trained from scratch",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        type=float,
+        default=0.0,
+        help="with --full: also keep an exponential moving average of the weights (e.g. 0.999), "
+        "written as <out>/model_ema",
+    )
     parser.add_argument("--max-steps", type=int, default=1000, help="optimizer steps (default 1000)")
     parser.add_argument("--batch-size", type=int, default=1, help="clips per GPU and micro-step (default 1)")
     parser.add_argument(
@@ -81,6 +95,8 @@ def config_from_args(args: argparse.Namespace):
         lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha,
         loss=args.loss,
+        objective=args.objective.replace("-", "_"),
+        ema_decay=args.ema_decay,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum,
