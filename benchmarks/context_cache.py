@@ -29,9 +29,9 @@ from collections.abc import Callable
 import torch
 from diffusers import WanTransformer3DModel
 from frameprompt import method
-from frameprompt.context_cache import block_causal_attention, cached_forward, extract_context_cache
+from frameprompt.inference.context_cache import block_causal_attention, cached_forward, extract_context_cache
+from frameprompt.inference.pipeline import default_scheduler
 from frameprompt.method import SequenceLayout
-from frameprompt.pipeline import default_scheduler
 from frameprompt.testing import TINY_TRANSFORMER
 
 # Width scaled down for 2 CPU threads; the layout (1 + 40 + 40 frames) is the paper's.

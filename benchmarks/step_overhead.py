@@ -15,7 +15,7 @@ import time
 
 import torch
 from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
-from frameprompt.pipeline import FramePromptPipeline
+from frameprompt.inference.pipeline import FramePromptPipeline
 from frameprompt.testing import TINY_TRANSFORMER, demo_inputs, tiny_components
 
 

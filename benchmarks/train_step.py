@@ -3,7 +3,7 @@
     python benchmarks/train_step.py                          # tiny random models, 64x64, N=8 (CPU)
     python benchmarks/train_step.py --model PATH --size 480 --frames 16 --device cuda
 
-Both variants run the same LoRA step (`frameprompt.train.training_loss` + backward + AdamW); the
+Both variants run the same LoRA step (`frameprompt.training.trainer.training_loss` + backward + AdamW); the
 "encode" variant additionally runs the frozen VAE on [reference | skeleton | target] and on the
 condition video each step, which is what the latent cache removes. Prints the ratio.
 """
@@ -32,18 +32,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from frameprompt import method
-    from frameprompt.data import (
+    from frameprompt.loading import load_pipeline
+    from frameprompt.method import SequenceLayout
+    from frameprompt.testing import tiny_pipeline_dir
+    from frameprompt.training.data import (
         CachedClips,
         build_latent_cache,
         load_clip_pixels,
         load_dataset,
         synthetic_dataset,
     )
-    from frameprompt.loading import load_pipeline
-    from frameprompt.lora import add_lora
-    from frameprompt.method import SequenceLayout
-    from frameprompt.testing import tiny_pipeline_dir
-    from frameprompt.train import _collate, training_loss
+    from frameprompt.training.lora import add_lora
+    from frameprompt.training.trainer import _collate, training_loss
     from frameprompt.vae_io import encode_video
 
     work = Path(tempfile.mkdtemp(prefix="fp_bench_"))

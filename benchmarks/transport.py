@@ -106,10 +106,10 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from frameprompt_blender.core import protocol as P
-    from frameprompt_blender.core.client import FramePromptClient
     from frameprompt_blender.core.keypoints import Pose
     from frameprompt_blender.core.openpose_draw import draw_pose
+    from frameprompt_blender.wire import protocol as P
+    from frameprompt_blender.wire.client import FramePromptClient
 
     n, w, h = args.frames, args.width, args.height
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's Table 1 at small scale (docs/results.md): the two baselines of `frameprompt.baselines`
+# The paper's Table 1 at small scale (docs/results.md): the two baselines of `frameprompt.research.baselines`
 # (channel concatenation, token-wise pose residual) and FramePrompt with the all-frames loss, trained at
 # the same budgets as the default model's FramePrompt run (same latent cache, init model, batch, lr,
 # warm-up, seed), predicted on the same held-out clips and evaluated with `frameprompt evaluate`
@@ -29,12 +29,12 @@ for budget in $BUDGETS; do
     out="$RUN/table1/step$budget"
     mkdir -p "$out"
     for kind in concat residual; do
-        $PY -m frameprompt.baselines train --kind "$kind" --cache "$RUN/tr/latent_cache" \
+        $PY -m frameprompt.research.baselines train --kind "$kind" --cache "$RUN/tr/latent_cache" \
             --model "$RUN/init_model" --out "$RUN/baseline_$kind" --max-steps "$budget" --batch-size 8 \
             --lr "$TR_LR" --seed 0 --resume
         if [ ! -f "$out/$kind.done" ]; then
             rm -rf "$out/$kind"
-            $PY -m frameprompt.baselines predict --kind "$kind" --run "$RUN/baseline_$kind" \
+            $PY -m frameprompt.research.baselines predict --kind "$kind" --run "$RUN/baseline_$kind" \
                 --model "$RUN/init_model" --data "$RUN/data_test" --out "$out/$kind" --limit "$EVAL_CLIPS" --steps 20
             touch "$out/$kind.done"
         fi
@@ -51,7 +51,7 @@ for budget in $BUDGETS; do
         model="$RUN/tr_all/model"; [ "$name" = frameprompt ] && model="$RUN/model_step$budget"
         if [ ! -f "$out/$name.done" ] && [ -d "$model" ]; then
             rm -rf "$out/predict_$name" "$out/$name"
-            $PY -m frameprompt.default_model_recipe predict --model "$model" --data "$RUN/data_test" \
+            $PY -m frameprompt.research.default_model predict --model "$model" --data "$RUN/data_test" \
                 --out "$out/predict_$name" --limit "$EVAL_CLIPS" --steps 20 --seed 0 --no-references
             mv "$out/predict_$name/model" "$out/$name"; rm -rf "$out/predict_$name"
             touch "$out/$name.done"
@@ -66,7 +66,7 @@ evaluate() {  # evaluate <prediction folder> <metrics folder> [--no-fvd]
     [ -f "$2/metrics.json" ] && return
     $FP evaluate --pred "$1" --gt "$RUN/data_test" --out "$2" --json "$2/metrics.json.tmp" \
         --fvd-with-reference --grids 0 "${lpips[@]}" "${@:3}" > /dev/null
-    $PY -m frameprompt.default_model_recipe region --data "$RUN/data_test" --pred "$1" --json "$2/region.json"
+    $PY -m frameprompt.research.default_model region --data "$RUN/data_test" --pred "$1" --json "$2/region.json"
     mv "$2/metrics.json.tmp" "$2/metrics.json"
 }
 for kind in repeat_reference vae_reconstruction; do
@@ -80,4 +80,4 @@ for budget in $BUDGETS; do
         fi
     done
 done
-$PY -m frameprompt.baselines table --run "$RUN/table1" | tee "$RUN/table1/table.md"
+$PY -m frameprompt.research.baselines table --run "$RUN/table1" | tee "$RUN/table1/table.md"

@@ -76,10 +76,10 @@ $FP dataset render --out "$RUN/data_test" --clips "$TEST_CLIPS" --frames 8 --siz
     --characters test --num-characters 50 --seed 2 --no-progress
 
 # 2. the pipeline: the shipped frame-wise AutoencoderKLWan (4x spatial, no temporal compression;
-#    `python -m frameprompt.train_vae` trains another) + a random transformer (seed 0), then latents
-[ -f "$RUN/init_model/model_index.json" ] || $PY -m frameprompt.default_model_recipe init \
+#    `python -m frameprompt.research.train_vae` trains another) + a random transformer (seed 0), then latents
+[ -f "$RUN/init_model/model_index.json" ] || $PY -m frameprompt.research.default_model init \
     --vae "$VAE" --out "$RUN/init_model"
-$PY -m frameprompt.default_model_recipe cache --model "$RUN/init_model" --data "$RUN/data_train" \
+$PY -m frameprompt.research.default_model cache --model "$RUN/init_model" --data "$RUN/data_train" \
     --cache "$RUN/latent_cache"
 
 # 3. Stage 1: the image-to-video model FramePrompt starts from (the paper fine-tunes a pretrained I2V)
@@ -99,18 +99,18 @@ done
 
 # 5. held-out predictions + the two trivial references, then metrics
 for weights in model model_ema; do
-    $PY -m frameprompt.default_model_recipe predict --model "$RUN/frameprompt/$weights" \
+    $PY -m frameprompt.research.default_model predict --model "$RUN/frameprompt/$weights" \
         --data "$RUN/data_test" --out "$RUN/eval_$weights" --limit "$EVAL_CLIPS" --steps 20
     for kind in model repeat_reference vae_reconstruction; do
         $FP evaluate --pred "$RUN/eval_$weights/$kind" --gt "$RUN/data_test" \
             --out "$RUN/eval_$weights/report_$kind" --json "$RUN/eval_$weights/$kind.json" --no-fvd || true
     done
-    $PY -m frameprompt.default_model_recipe region --data "$RUN/data_test" --pred "$RUN/eval_$weights" \
+    $PY -m frameprompt.research.default_model region --data "$RUN/data_test" --pred "$RUN/eval_$weights" \
         --json "$RUN/eval_$weights/regions.json"
 done
 
 # 6. ship it (opt-in): the EMA weights
 if [ "${EXPORT:-0}" = 1 ]; then
-    $PY -m frameprompt.default_model_recipe export --model "$RUN/frameprompt/model_ema" \
+    $PY -m frameprompt.research.default_model export --model "$RUN/frameprompt/model_ema" \
         --dest backend/frameprompt/default_model
 fi

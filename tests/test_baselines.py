@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
-from frameprompt import baselines
+from frameprompt.research import baselines
+from frameprompt.research.train_vae import VAETrainConfig, zero_past_taps
 from frameprompt.testing import TINY_TRANSFORMER
-from frameprompt.train_vae import VAETrainConfig, zero_past_taps
 
 CONFIG = {**TINY_TRANSFORMER, "text_dim": 8}
 

@@ -1,4 +1,4 @@
-"""The DEALER client (frameprompt_blender.core.client) against an in-process echo server."""
+"""The DEALER client (frameprompt_blender.wire.client) against an in-process echo server."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from frameprompt.server import EchoRunner, Server, ServerConfig
 from PIL import Image
 
-from frameprompt_blender.core import protocol as P
-from frameprompt_blender.core.client import CurveKeys, FramePromptClient, RemoteError
+from frameprompt_blender.wire import protocol as P
+from frameprompt_blender.wire.client import CurveKeys, FramePromptClient, RemoteError
 
 
 def png(color: tuple[int, int, int] = (10, 20, 30), size: tuple[int, int] = (16, 16)) -> bytes:
@@ -46,7 +46,7 @@ def client(server: Server) -> Iterator[FramePromptClient]:
 
 
 def test_client_module_has_no_bpy_or_torch() -> None:
-    code = "import sys, frameprompt_blender.core.client as c\nassert 'torch' not in sys.modules and 'bpy' not in sys.modules"
+    code = "import sys, frameprompt_blender.wire.client as c\nassert 'torch' not in sys.modules and 'bpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -6,7 +6,8 @@ import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor
 from frameprompt import method
-from frameprompt.context_cache import (
+from frameprompt.errors import IncompatibleModelError
+from frameprompt.inference.context_cache import (
     BlockCausalWanSelfAttnProcessor,
     apply_training_info,
     block_causal_attention,
@@ -19,7 +20,6 @@ from frameprompt.context_cache import (
     trained_with_context_cache,
     write_training_info,
 )
-from frameprompt.errors import IncompatibleModelError
 from frameprompt.method import SequenceLayout
 from frameprompt.testing import TINY_TRANSFORMER, TINY_TRANSFORMER_CLIP, demo_inputs, tiny_pipeline
 
@@ -208,7 +208,7 @@ def test_cache_mode_is_refused_for_a_model_trained_without_it():
 
 def test_training_usage_with_lora_and_gradient_checkpointing():
     """What a trainer's --context-cache does: block-causal processor + per-token timesteps, backward."""
-    from frameprompt.lora import add_lora
+    from frameprompt.training.lora import add_lora
 
     model = _transformer()
     add_lora(model, rank=4, alpha=4)
@@ -238,7 +238,7 @@ def test_training_usage_with_lora_and_gradient_checkpointing():
 
 def test_a_cache_mode_lora_marks_the_pipeline_when_loaded(tmp_path):
     from frameprompt.loading import load_lora
-    from frameprompt.lora import add_lora, save_lora
+    from frameprompt.training.lora import add_lora, save_lora
 
     trained = _transformer()
     add_lora(trained, rank=2, alpha=2)

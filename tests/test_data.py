@@ -9,8 +9,8 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from frameprompt import data
-from frameprompt.data import DatasetError, load_dataset, synthetic_dataset, validate_dataset
+from frameprompt.training import data
+from frameprompt.training.data import DatasetError, load_dataset, synthetic_dataset, validate_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

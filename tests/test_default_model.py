@@ -26,8 +26,8 @@ def test_size_and_format():
 def test_loads_and_generates_n_frames():
     from frameprompt.loading import load_pipeline
     from frameprompt.method import SequenceLayout
+    from frameprompt.research.train_vae import is_framewise
     from frameprompt.testing import demo_inputs
-    from frameprompt.train_vae import is_framewise
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)

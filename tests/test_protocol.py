@@ -1,4 +1,4 @@
-"""The wire protocol (frameprompt_blender.core.protocol): pure, no sockets."""
+"""The wire protocol (frameprompt_blender.wire.protocol): pure, no sockets."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zlib
 import pytest
 from PIL import Image
 
-from frameprompt_blender.core import protocol as P
+from frameprompt_blender.wire import protocol as P
 
 
 def png(size: tuple[int, int] = (16, 16), color: tuple[int, int, int] = (200, 10, 10)) -> bytes:
@@ -38,7 +38,7 @@ def submit_frames(n: int = 2, **params: object) -> list[bytes]:
 
 def test_module_imports_no_bpy_torch_zmq_or_pillow() -> None:
     code = (
-        "import sys, frameprompt_blender.core.protocol\n"
+        "import sys, frameprompt_blender.wire.protocol\n"
         "bad = [m for m in ('bpy', 'torch', 'zmq', 'PIL', 'numpy') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -37,7 +37,7 @@ def _render(out: Path, clips: int, *extra: str) -> subprocess.CompletedProcess:
 
 
 def test_render_validate_and_resume(tmp_path):
-    from frameprompt.data import clip_skeleton_images, load_dataset, validate_dataset
+    from frameprompt.training.data import clip_skeleton_images, load_dataset, validate_dataset
 
     out = tmp_path / "data"
     result = _render(out, 2, "--motions", "walk,jump")
@@ -85,7 +85,7 @@ def test_render_from_a_blend_file_with_an_action(tmp_path):
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True, timeout=120)
     result = _render(tmp_path / "data", 1, "--blend", str(blend), "--seed", "3")
     assert result.returncode == 0, result.stderr[-2000:]
-    from frameprompt.data import load_dataset
+    from frameprompt.training.data import load_dataset
 
     (clip,) = load_dataset(tmp_path / "data")
     meta = json.loads((clip.path / "meta.json").read_text())
@@ -97,9 +97,9 @@ def test_rendered_clips_train_generate_and_evaluate(tmp_path, tiny_model_dir):
     """The whole path on CPU: Blender clips -> LoRA steps -> pipeline with the LoRA -> metrics."""
     import shutil
 
-    from frameprompt import metrics
+    from frameprompt.evaluation import metrics
     from frameprompt.loading import load_pipeline
-    from frameprompt.train import TrainConfig, Trainer
+    from frameprompt.training.trainer import TrainConfig, Trainer
 
     data = tmp_path / "data"
     assert _render(data, 3, "--motions", "walk,wave,dance").returncode == 0
@@ -112,7 +112,7 @@ def test_rendered_clips_train_generate_and_evaluate(tmp_path, tiny_model_dir):
     assert result.steps == 3 and np.isfinite(result.losses).all()
 
     pipe = load_pipeline(tiny_model_dir, device="cpu", lora=result.output)
-    from frameprompt.data import clip_skeleton_images, load_dataset
+    from frameprompt.training.data import clip_skeleton_images, load_dataset
 
     clip = load_dataset(data)[2]
     reference = PIL.Image.open(clip.path / "reference.png")
@@ -167,7 +167,7 @@ def test_built_in_clips_look_like_what_a_user_sends(tmp_path):
     out = tmp_path / "data"
     result = _render(out, 7, "--motions", motions, "--characters", "train", "--num-characters", "7")
     assert result.returncode == 0, result.stderr[-2000:]
-    from frameprompt.data import clip_skeleton_images, load_dataset
+    from frameprompt.training.data import clip_skeleton_images, load_dataset
 
     for clip in load_dataset(out):
         meta = json.loads((clip.path / "meta.json").read_text())

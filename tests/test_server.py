@@ -29,8 +29,8 @@ from frameprompt.server import (
 from frameprompt.server.worker import JobSpec, RunContext
 from PIL import Image
 
-from frameprompt_blender.core import protocol as P
-from frameprompt_blender.core.client import FramePromptClient, RemoteError, ServerUnavailable
+from frameprompt_blender.wire import protocol as P
+from frameprompt_blender.wire.client import FramePromptClient, RemoteError, ServerUnavailable
 
 LOOPBACK = "tcp://127.0.0.1:*"
 

@@ -8,7 +8,7 @@ import pytest
 from frameprompt.server import Server, ServerConfig, resolve_runner_factory
 from PIL import Image
 
-from frameprompt_blender.core.client import FramePromptClient, RemoteError
+from frameprompt_blender.wire.client import FramePromptClient, RemoteError
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import pytest
 from frameprompt import cli
 from PIL import Image
 
-from frameprompt_blender.core.client import FramePromptClient, RemoteError, ServerUnavailable
+from frameprompt_blender.wire.client import FramePromptClient, RemoteError, ServerUnavailable
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
 

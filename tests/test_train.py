@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from frameprompt.data import DatasetError, synthetic_dataset
 from frameprompt.errors import IncompatibleModelError
-from frameprompt.lora import LORA_FILE
 from frameprompt.testing import demo_inputs, tiny_pipeline_dir
-from frameprompt.train import (
+from frameprompt.training.data import DatasetError, synthetic_dataset
+from frameprompt.training.lora import LORA_FILE
+from frameprompt.training.trainer import (
     LOG_FILE,
     LOSS_PLOT,
     TRAINING_INFO,
@@ -158,11 +158,11 @@ def test_empty_and_damaged_data_sets_fail_before_training(tiny_model_dir, two_cl
 
 def test_overfitting_one_fixed_batch_makes_the_loss_fall(tiny_model_dir, two_clips, tmp_path):
     from diffusers import WanTransformer3DModel
-    from frameprompt.data import CachedClips, build_latent_cache, load_dataset
     from frameprompt.loading import load_pipeline
-    from frameprompt.lora import add_lora
     from frameprompt.method import SequenceLayout
-    from frameprompt.train import training_loss
+    from frameprompt.training.data import CachedClips, build_latent_cache, load_dataset
+    from frameprompt.training.lora import add_lora
+    from frameprompt.training.trainer import training_loss
 
     pipe = load_pipeline(tiny_model_dir, device="cpu")
     cache = build_latent_cache(pipe, load_dataset(two_clips), tmp_path / "cache")
@@ -198,7 +198,7 @@ def test_full_finetune_saves_a_loadable_model_folder(tiny_model_dir, two_clips, 
 
 def test_image_to_video_stage_with_ema_then_frameprompt_from_it(tiny_model_dir, two_clips, tmp_path):
     from frameprompt.loading import load_pipeline
-    from frameprompt.train import EMA_MODEL_DIR
+    from frameprompt.training.trainer import EMA_MODEL_DIR
 
     stage1 = Trainer(
         _config(
@@ -258,9 +258,9 @@ def test_ema_needs_full_training(tiny_model_dir, two_clips, tmp_path):
 
 
 def test_context_cache_training_marks_the_result(tiny_model_dir, two_clips, tmp_path):
-    pytest.importorskip("frameprompt.context_cache")
+    pytest.importorskip("frameprompt.inference.context_cache")
     from diffusers import WanTransformer3DModel
-    from frameprompt.context_cache import apply_training_info, trained_with_context_cache
+    from frameprompt.inference.context_cache import apply_training_info, trained_with_context_cache
 
     trainer = Trainer(
         _config(
@@ -291,8 +291,8 @@ def test_finetune_command(tiny_model_dir, two_clips, tmp_path, capsys):
 def test_all_frames_loss_and_a_failing_lora_write_during_a_checkpoint(
     tiny_model_dir, two_clips, tmp_path, monkeypatch
 ):
-    from frameprompt import train as train_module
-    from frameprompt.train import CheckpointError
+    from frameprompt.training import trainer as train_module
+    from frameprompt.training.trainer import CheckpointError
 
     out = tmp_path / "out"
     result = Trainer(

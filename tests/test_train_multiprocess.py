@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from frameprompt.data import synthetic_dataset
-from frameprompt.lora import LORA_FILE
+from frameprompt.training.data import synthetic_dataset
+from frameprompt.training.lora import LORA_FILE
 from safetensors.torch import load_file
 
 

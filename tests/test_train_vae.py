@@ -1,4 +1,4 @@
-"""The light frame-wise AutoencoderKLWan trainer (frameprompt.train_vae): tiny and fast."""
+"""The light frame-wise AutoencoderKLWan trainer (frameprompt.research.train_vae): tiny and fast."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from diffusers import AutoencoderKLWan
-from frameprompt import train_vae as tv
 from frameprompt.method import SequenceLayout
+from frameprompt.research import train_vae as tv
 
 TINY = dict(base_dim=4, dim_mult=[1, 1, 1], z_dim=16, num_res_blocks=1)
 

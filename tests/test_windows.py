@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 from frameprompt import method
-from frameprompt.context_cache import mark_trained_with_context_cache
 from frameprompt.errors import LayoutError
-from frameprompt.pipeline import FramePromptPipeline
+from frameprompt.inference.context_cache import mark_trained_with_context_cache
+from frameprompt.inference.pipeline import FramePromptPipeline
+from frameprompt.inference.windows import plan_windows, window_poses
 from frameprompt.testing import demo_inputs, tiny_pipeline
-from frameprompt.windows import plan_windows, window_poses
 
 
 @pytest.mark.parametrize("total", [1, 3, 4, 5, 39, 40, 41, 71, 72, 73, 100, 257])

@@ -1,5 +1,5 @@
 """`python -m frameprompt ...` is the `frameprompt` command (what `torchrun -m frameprompt` needs)."""
 
-from .cli import main
+from frameprompt.cli import main
 
 raise SystemExit(main())

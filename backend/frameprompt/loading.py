@@ -24,8 +24,13 @@ from diffusers.loaders.single_file_utils import (
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import CorruptWeightsError, FramePromptError, IncompatibleModelError, ModelNotFoundError
-from .pipeline import FramePromptPipeline, default_scheduler
+from frameprompt.errors import (
+    CorruptWeightsError,
+    FramePromptError,
+    IncompatibleModelError,
+    ModelNotFoundError,
+)
+from frameprompt.inference.pipeline import FramePromptPipeline, default_scheduler
 
 DOWNLOAD_HINT = (
     "download a Wan2.1 image-to-video checkpoint on a machine with internet access, e.g. "

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .errors import LayoutError
+from frameprompt.errors import LayoutError
 
 LossMode = Literal["target", "all"]
 WAN_ENCODER_CHUNK = 4
@@ -43,7 +43,7 @@ class SequenceLayout:
         temporal_factor, spatial_factor: the VAE's compression (`scale_factor_temporal/spatial`).
         patch_size: the transformer's `(t, h, w)` patch size.
         carried_frames: the first `carried_frames` target frames are given, not generated (a window
-            continuing the previous one, see `frameprompt.windows`): they join the context, so the
+            continuing the previous one, see `frameprompt.inference.windows`): they join the context, so the
             given frames stay one contiguous prefix `[reference | skeleton | carried]`. A multiple of
             T below N; 0 (the paper's layout) by default.
         with_skeleton: False gives plain image-to-video, `[reference | N target]`: the pretraining

@@ -13,7 +13,7 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKLWan, WanImageToVideoPipeline, WanTransformer3DModel
 
-from .pipeline import FramePromptPipeline, default_scheduler
+from frameprompt.inference.pipeline import FramePromptPipeline, default_scheduler
 
 # I2V layout (36 input channels), about 33k parameters.
 TINY_TRANSFORMER = dict(

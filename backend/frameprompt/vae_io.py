@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKLWan
 
-from .method import SequenceLayout, join_sequence
+from frameprompt.method import SequenceLayout, join_sequence
 
 # DiffSynth-Studio gives tile sizes in latent units; diffusers' `enable_tiling` wants pixels.
 DIFFSYNTH_TILE = (34, 34)

@@ -5,7 +5,7 @@ bpy): proportions (height, legs, torso, arms, shoulder and hip width, head size)
 and limb girth), clothing (skin tone, shirt, trousers or shorts, sleeves, shoes, a pattern: plain,
 stripes, belt or two-tone) and hair from primitives (none, cap, bun, spiky, long) or a hat.
 `build_character(params)` (inside Blender) builds the armature with the demo rig's metarig bone names,
-so the skeleton export, bone maps and procedural motions of `frameprompt.render_dataset` work
+so the skeleton export, bone maps and procedural motions of `frameprompt_blender.blender.render_dataset` work
 unchanged, and one mesh skinned to it (one vertex group per bone, weight 1).
 
 Held-out split (fixed, documented in docs/model_card.md): character ids with `id % 10 == 0` are the

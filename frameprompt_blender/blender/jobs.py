@@ -90,7 +90,7 @@ class JobState:
 
 def check_online_access(address: str) -> None:
     """Refuse a non-loopback backend address while Blender's online access is off."""
-    from ..core.protocol import is_loopback_address
+    from ..wire.protocol import is_loopback_address
 
     try:
         loopback = is_loopback_address(address)
@@ -143,7 +143,7 @@ class JobManager:
         if self.client is not None and self._client_key == key:
             return self.client
         self.close_client()
-        from ..core.client import FramePromptClient
+        from ..wire.client import FramePromptClient
 
         self.client = FramePromptClient(
             settings.server_address,

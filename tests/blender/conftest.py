@@ -125,7 +125,7 @@ def _backend_missing(py: str) -> str:
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
     """A real `frameprompt serve` on loopback with the tiny random-weight model; yields its address."""
-    _skip_unless("frameprompt_blender.core.client", "engineer B, issue 4")
+    _skip_unless("frameprompt_blender.wire.client", "engineer B, issue 4")
     py = backend_python()
     if py is None:
         pytest.skip("no Python with torch + frameprompt to run the backend (set FRAMEPROMPT_BACKEND_PYTHON)")
@@ -178,7 +178,7 @@ def tiny_server(tmp_path_factory):
 
 
 def _wait_ready(address: str, proc: subprocess.Popen, log_path: Path, timeout: float = 180.0) -> None:
-    from frameprompt_blender.core.client import FramePromptClient
+    from frameprompt_blender.wire.client import FramePromptClient
 
     deadline = time.monotonic() + timeout
     last = None

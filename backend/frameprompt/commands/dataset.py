@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..errors import FramePromptError
+from frameprompt.errors import FramePromptError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..render_dataset import add_render_arguments
+    from frameprompt_blender.blender.render_dataset import add_render_arguments
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     render = sub.add_parser("render", help="render clips from .blend files or built-in motions")
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from ..data import validate_dataset
+    from frameprompt.training.data import validate_dataset
 
     report = validate_dataset(args.data, args.frame_multiple, args.size_multiple)
     print(report.describe())
@@ -49,7 +49,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _render(args: argparse.Namespace) -> int:
     if args.blender:
         return _render_with_binary(args)
-    from ..render_dataset import config_from_args, render_dataset
+    from frameprompt_blender.blender.render_dataset import config_from_args, render_dataset
 
     folders = render_dataset(config_from_args(args))
     print(f"{len(folders)} clips in {args.out}")
@@ -87,7 +87,7 @@ def _render_with_binary(args: argparse.Namespace) -> int:
         forwarded += ["--blend", *(str(Path(b).resolve()) for b in args.blend)]
     expr = (
         f"import sys; sys.path[:0] = [{str(backend)!r}, {str(repo)!r}]; "
-        "from frameprompt.render_dataset import main; sys.exit(main())"
+        "from frameprompt_blender.blender.render_dataset import main; sys.exit(main())"
     )
     command = [
         args.blender,

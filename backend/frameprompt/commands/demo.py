@@ -42,7 +42,7 @@ def _free_port() -> int:
 def _model_for_demo(args: argparse.Namespace, out: Path) -> str | None:
     if args.model:
         return str(args.model)
-    from ..loading import DEFAULT_MODEL_DIR
+    from frameprompt.loading import DEFAULT_MODEL_DIR
 
     if (DEFAULT_MODEL_DIR / "model_index.json").is_file() and not args.untrained:
         return None  # the server's default
@@ -66,7 +66,7 @@ def _default_size(model: str | None) -> tuple[int, int]:
     if model is None:
         import json
 
-        from ..loading import DEFAULT_MODEL_DIR
+        from frameprompt.loading import DEFAULT_MODEL_DIR
 
         info = DEFAULT_MODEL_DIR / "frameprompt_training.json"
         if info.is_file():

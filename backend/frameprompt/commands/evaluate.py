@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..errors import FramePromptError
+from frameprompt.errors import FramePromptError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 def _fvd_extractor(args: argparse.Namespace):
     if args.no_fvd:
         return None, None, "skipped (--no-fvd)"
-    from ..i3d import I3DFeatures, load_i3d
+    from frameprompt.evaluation.i3d import I3DFeatures, load_i3d
 
     try:
         model, digest = load_i3d(args.i3d_weights)
@@ -81,7 +81,7 @@ def _reference_frames(gt: str) -> dict:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .. import metrics
+    from frameprompt.evaluation import metrics
 
     out = Path(args.out) if args.out else Path(args.pred) / "eval"
     out.mkdir(parents=True, exist_ok=True)
@@ -118,9 +118,9 @@ def _write_grids(args: argparse.Namespace, report: dict, out: Path) -> None:
     import numpy as np
     import PIL.Image
 
-    from .. import metrics
-    from ..data import clip_skeleton_images, validate_dataset
-    from ..media import write_video
+    from frameprompt.evaluation import metrics
+    from frameprompt.media import write_video
+    from frameprompt.training.data import clip_skeleton_images, validate_dataset
 
     pred_clips, gt_clips = metrics.find_clips(args.pred), metrics.find_clips(args.gt)
     infos = {c.name: c for c in validate_dataset(args.gt).clips}

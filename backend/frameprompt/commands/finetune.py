@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import FramePromptError
+from frameprompt.errors import FramePromptError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from ..train import TrainConfig
+    from frameprompt.training.trainer import TrainConfig
 
     return TrainConfig(
         data=args.data,
@@ -119,7 +119,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import train
+    from frameprompt.training.trainer import train
 
     try:
         result = train(config_from_args(args))

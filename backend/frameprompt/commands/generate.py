@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import FramePromptError, InputError
+from frameprompt.errors import FramePromptError, InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..loading import load_pipeline
-    from ..media import load_image, load_pose_frames, write_frames, write_video
+    from frameprompt.loading import load_pipeline
+    from frameprompt.media import load_image, load_pose_frames, write_frames, write_video
 
     reference = load_image(args.reference)
     width = args.width or reference.width
@@ -80,7 +80,7 @@ def _generate(args: argparse.Namespace) -> int:
         )
     poses = load_pose_frames(args.pose, width, height)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    from ..parallel import init_distributed, launched_world_size
+    from frameprompt.inference.parallel import init_distributed, launched_world_size
 
     ranks = None
     if args.context_parallel:
@@ -95,7 +95,7 @@ def _generate(args: argparse.Namespace) -> int:
         args.model, device=ranks.device if ranks else args.device, dtype=dtype, lora=args.lora
     )
     if ranks is not None:
-        from ..parallel import check_token_split, enable_context_parallel
+        from frameprompt.inference.parallel import check_token_split, enable_context_parallel
 
         check_token_split(pipe, height, width, ranks.world_size)
         enable_context_parallel(pipe, ranks.world_size)
@@ -106,7 +106,7 @@ def _generate(args: argparse.Namespace) -> int:
         + (f"; context parallel over {ranks.world_size} processes" if ranks else "")
     )
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    # Any number of frames: longer animations are generated window by window (frameprompt.windows).
+    # Any number of frames: longer animations are generated window by window (frameprompt.inference.windows).
     output = pipe.generate_long(
         reference.resize((width, height)),
         poses,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from frameprompt.errors import FramePromptError
-from frameprompt_blender.core.protocol import DEFAULT_ADDRESS, DEFAULT_LIMITS, Limits
+from frameprompt_blender.wire.protocol import DEFAULT_ADDRESS, DEFAULT_LIMITS, Limits
 
 
 def default_jobs_dir() -> Path:

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from frameprompt_blender.core import protocol as P
-
-from ..errors import FramePromptError, InputError
+from frameprompt.errors import FramePromptError, InputError
+from frameprompt_blender.wire import protocol as P
 
 IMAGE_SUFFIXES = (".png",)
 
@@ -91,7 +90,7 @@ def _unavailable_hint(address: str) -> str:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from frameprompt_blender.core.client import FramePromptClient, ServerUnavailable
+    from frameprompt_blender.wire.client import FramePromptClient, ServerUnavailable
 
     reference_path = Path(args.reference)
     if not reference_path.is_file():
@@ -131,7 +130,7 @@ def _submit(args: argparse.Namespace) -> int:
         result = _follow(job, len(poses), quiet=args.no_progress)
 
     frames = _to_images(result)
-    from ..media import write_frames, write_video
+    from frameprompt.media import write_frames, write_video
 
     out = Path(args.out)
     write_frames(frames, out / "frames")

@@ -1,15 +1,15 @@
 """The FramePrompt backend server: ZeroMQ ROUTER I/O loop, on-disk job store, bounded queue, GPU workers.
 
-The wire protocol lives in `frameprompt_blender.core.protocol` (shared with the Blender add-on).
+The wire protocol lives in `frameprompt_blender.wire.protocol` (shared with the Blender add-on).
 """
 
 from __future__ import annotations
 
-from .app import Server, ServerConfig, ServerError
-from .runners import EchoRunner, PipelineRunner, resolve_runner_factory
-from .security import InsecureBindError, KeysError, check_bind, create_keys
-from .store import JobStore, atomic_write
-from .worker import JobCancelled, JobSpec, RunContext, Runner, RunnerFactory
+from frameprompt.server.app import Server, ServerConfig, ServerError
+from frameprompt.server.runners import EchoRunner, PipelineRunner, resolve_runner_factory
+from frameprompt.server.security import InsecureBindError, KeysError, check_bind, create_keys
+from frameprompt.server.store import JobStore, atomic_write
+from frameprompt.server.worker import JobCancelled, JobSpec, RunContext, Runner, RunnerFactory
 
 __all__ = [
     "EchoRunner",

@@ -22,12 +22,17 @@ from typing import Any
 import zmq
 
 import frameprompt
-from frameprompt_blender.core import protocol as P
-
-from .jobqueue import JobQueue, QueueFull
-from .security import ServerKeys, apply_server_keys, check_bind, load_server_keys, start_authenticator
-from .store import JobRecord, JobStore
-from .worker import JobControl, RunnerFactory, Worker, describe
+from frameprompt.server.jobqueue import JobQueue, QueueFull
+from frameprompt.server.security import (
+    ServerKeys,
+    apply_server_keys,
+    check_bind,
+    load_server_keys,
+    start_authenticator,
+)
+from frameprompt.server.store import JobRecord, JobStore
+from frameprompt.server.worker import JobControl, RunnerFactory, Worker, describe
+from frameprompt_blender.wire import protocol as P
 
 log = logging.getLogger("frameprompt.server")
 

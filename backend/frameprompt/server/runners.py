@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from frameprompt.errors import FramePromptError
-
-from .worker import JobCancelled, JobSpec, RunContext, Runner, RunnerFactory
+from frameprompt.server.worker import JobCancelled, JobSpec, RunContext, Runner, RunnerFactory
 
 log = logging.getLogger("frameprompt.server")
 
@@ -58,7 +57,7 @@ class PipelineRunner:
         return {
             "model": name,
             "default_steps": self.default_steps,
-            # any frame count: longer jobs run window by window (frameprompt.windows)
+            # any frame count: longer jobs run window by window (frameprompt.inference.windows)
             "frame_multiple": 1,
             "window_frames": self.window_frames,
             "overlap_frames": self.overlap_frames,
@@ -85,8 +84,8 @@ class PipelineRunner:
 
         p = job.params
         self._use_lora(job.lora_path, p.lora_scale if p.lora_scale is not None else 1.0, ctx)
+        from frameprompt.inference.windows import plan_windows
         from frameprompt.method import SequenceLayout
-        from frameprompt.windows import plan_windows
 
         steps = p.steps or self.default_steps
         generator = torch.Generator(device="cpu").manual_seed(int(p.seed or 0))

@@ -20,7 +20,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from frameprompt.errors import FramePromptError
-from frameprompt_blender.core.protocol import ProtocolError, check_name, is_loopback_address
+from frameprompt_blender.wire.protocol import ProtocolError, check_name, is_loopback_address
 
 
 class InsecureBindError(FramePromptError, ValueError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from frameprompt_blender.core.protocol import (
+from frameprompt_blender.wire.protocol import (
     TERMINAL_STATES,
     SubmitRequest,
     check_job_id,

@@ -28,10 +28,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import zmq
 
 from frameprompt.errors import FramePromptError
-from frameprompt_blender.core import protocol as P
-
-from .jobqueue import JobQueue
-from .store import JobStore
+from frameprompt.server.jobqueue import JobQueue
+from frameprompt.server.store import JobStore
+from frameprompt_blender.wire import protocol as P
 
 if TYPE_CHECKING:
     from PIL import Image

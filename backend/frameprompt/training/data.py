@@ -29,7 +29,8 @@ import PIL.Image
 import torch
 from safetensors.torch import load_file, save_file
 
-from .dataset_format import (
+from frameprompt.errors import FramePromptError
+from frameprompt_blender.core.dataset_format import (
     META_FILE,
     NUM_KEYPOINTS,
     POSE_CLIP_FILE,
@@ -39,7 +40,6 @@ from .dataset_format import (
     TARGET_DIR,
     write_meta,
 )
-from .errors import FramePromptError
 
 CACHE_MANIFEST = "manifest.json"
 NULL_TEXT_FILE = "null_text.safetensors"
@@ -379,9 +379,9 @@ def build_latent_cache(
     Files: `<cache_dir>/<clip>.safetensors` (keys `x0`, `condition`, optional `text`, `image`),
     `null_text.safetensors` (the shared empty-prompt embedding) and `manifest.json`.
     """
-    from . import method
-    from .method import SequenceLayout
-    from .vae_io import encode_video
+    from frameprompt import method
+    from frameprompt.method import SequenceLayout
+    from frameprompt.vae_io import encode_video
 
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)

@@ -42,11 +42,11 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .errors import LayoutError
-from .method import SequenceLayout
+from frameprompt.errors import LayoutError
+from frameprompt.method import SequenceLayout
 
 if TYPE_CHECKING:
-    from .pipeline import FramePromptPipeline, FramePromptPipelineOutput
+    from frameprompt.inference.pipeline import FramePromptPipeline, FramePromptPipelineOutput
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def generate_long(
     kwargs go to every window's `pipe(...)` call (prompt, steps, guidance, generator, context_cache,
     ...). output_type: "pil", "np" ((1, M, H, W, 3) in [0, 1]) or "pt" ((1, M, 3, H, W)).
     """
-    from .pipeline import FramePromptPipelineOutput
+    from frameprompt.inference.pipeline import FramePromptPipelineOutput
 
     if output_type not in ("pil", "np", "pt"):
         raise ValueError(

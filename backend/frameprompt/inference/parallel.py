@@ -21,9 +21,9 @@ from unittest import mock
 import torch
 import torch.distributed as dist
 
-from .context_cache import trained_with_context_cache
-from .errors import IncompatibleModelError, InputError
-from .method import SequenceLayout
+from frameprompt.errors import IncompatibleModelError, InputError
+from frameprompt.inference.context_cache import trained_with_context_cache
+from frameprompt.method import SequenceLayout
 
 
 @dataclass(frozen=True)

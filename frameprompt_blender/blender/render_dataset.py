@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dataset_format import REFERENCE_FILE, TARGET_DIR, frame_name, write_meta
+from ..core.dataset_format import REFERENCE_FILE, TARGET_DIR, frame_name, write_meta
 
 MOTIONS = ("walk", "run", "wave", "jump", "turn", "dance", "crouch")
 X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
@@ -379,12 +379,12 @@ def _builtin_scene(
     """The built-in humanoid (or procedural character) staged as a user's shot; returns scene,
     armature, camera, the reference frame (the clip's first) and the N target frames after it."""
     bpy = _bpy()
-    from frameprompt_blender.blender.demo_scene import build_demo_scene
+    from .demo_scene import build_demo_scene
 
     bpy.ops.wm.read_homefile(use_empty=True)
     demo = build_demo_scene()
     if character is not None:
-        from frameprompt_blender.blender.characters import character_params, replace_demo_character
+        from .characters import character_params, replace_demo_character
 
         demo = replace_demo_character(demo, character_params(character))
     # every frame or every other one: N targets then span up to 2N frames of motion
@@ -418,7 +418,7 @@ def _blend_clip(
 def render_clip(config: RenderConfig, index: int) -> Path:
     """Render clip `index` into <out>/clip_<index>; returns its folder."""
     _bpy()
-    from frameprompt_blender.blender.skeleton import export_skeleton_frames
+    from .skeleton import export_skeleton_frames
 
     rng = random.Random(config.seed * 1_000_003 + index)
     out = Path(config.out)
@@ -465,7 +465,7 @@ def clip_character(config: RenderConfig, index: int) -> int | None:
     """The character id of clip `index` with --characters (None: the plain demo humanoid)."""
     if not config.characters:
         return None
-    from frameprompt_blender.blender.characters import pool_ids
+    from .characters import pool_ids
 
     ids = pool_ids(config.characters, max(1, config.num_characters))
     # cycle characters with a stride coprime to the motion count, so each character gets several motions

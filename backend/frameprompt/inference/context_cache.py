@@ -55,7 +55,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_wan import WanAttnProcessor, _get_qkv_projections
 
-from .method import SequenceLayout
+from frameprompt.method import SequenceLayout
 
 TRAINING_CONFIG_KEY = "frameprompt_training"
 TRAINING_INFO_FILE = "frameprompt_training.json"

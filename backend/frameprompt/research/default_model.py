@@ -1,16 +1,16 @@
 """The recipe of the embedded default model: the steps `scripts/train_default_model.sh` runs.
 
-    python -m frameprompt.default_model_recipe init    --vae RUN/vae_run/vae --out RUN/init_model
-    python -m frameprompt.default_model_recipe cache   --model RUN/init_model --data RUN/data_train --cache RUN/tr/latent_cache
+    python -m frameprompt.research.default_model init    --vae RUN/vae_run/vae --out RUN/init_model
+    python -m frameprompt.research.default_model cache   --model RUN/init_model --data RUN/data_train --cache RUN/tr/latent_cache
     frameprompt finetune --full --model RUN/init_model --data RUN/data_train --out RUN/tr ...   (the project's trainer)
-    python -m frameprompt.default_model_recipe predict --model RUN/tr/model --data RUN/data_test --out RUN/eval/pred ...
-    python -m frameprompt.default_model_recipe export  --model RUN/tr/model --dest backend/frameprompt/default_model
+    python -m frameprompt.research.default_model predict --model RUN/tr/model --data RUN/data_test --out RUN/eval/pred ...
+    python -m frameprompt.research.default_model export  --model RUN/tr/model --dest backend/frameprompt/default_model
 
-* `init`: a FramePromptPipeline with the trained light VAE (`frameprompt.train_vae`), a small randomly
+* `init`: a FramePromptPipeline with the trained light VAE (`frameprompt.research.train_vae`), a small randomly
   initialised `WanTransformer3DModel` in the I2V layout (in_channels = 2 z_dim + T, here 2*16+1 = 33:
   the VAE has no temporal compression, so the mask has T = 1 channel; with Wan2.1's VAE it is 36), no
   CLIP branch, no text encoder (the null text embedding), and the UniPC flow scheduler.
-* `cache`: the trainer's own latent cache (`frameprompt.data.build_latent_cache`), built with the VAE's
+* `cache`: the trainer's own latent cache (`frameprompt.training.data.build_latent_cache`), built with the VAE's
   convolutions run frame-wise (`train_vae.framewise`, exact for this codec, ~3x faster on CPU); the
   trainer then finds every clip cached and skips encoding.
 * `predict`: generates every held-out clip with the pipeline, and writes the two trivial references
@@ -55,7 +55,7 @@ MAX_SHIPPED_BYTES = 50 * 1024 * 1024
 def init_model(vae_dir: str | Path, out: str | Path, seed: int = 0, **overrides) -> Path:
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-    from .pipeline import FramePromptPipeline, default_scheduler
+    from frameprompt.inference.pipeline import FramePromptPipeline, default_scheduler
 
     vae = AutoencoderKLWan.from_pretrained(vae_dir).eval()
     config = {**TRANSFORMER_CONFIG, **overrides}
@@ -75,10 +75,10 @@ def init_model(vae_dir: str | Path, out: str | Path, seed: int = 0, **overrides)
 
 
 def build_cache(model: str | Path, data: str | Path, cache_dir: str | Path) -> None:
-    from .data import build_latent_cache, load_dataset
-    from .loading import load_pipeline
-    from .method import SequenceLayout
-    from .train_vae import framewise
+    from frameprompt.loading import load_pipeline
+    from frameprompt.method import SequenceLayout
+    from frameprompt.research.train_vae import framewise
+    from frameprompt.training.data import build_latent_cache, load_dataset
 
     pipe = load_pipeline(model, device="cpu")
     clips = load_dataset(
@@ -116,9 +116,9 @@ def predict(
 ) -> dict:
     """Generate every clip of `data` into <out>/model/<clip>/, and the trivial references into
     <out>/repeat_reference/<clip>/ and <out>/vae_reconstruction/<clip>/. Returns timings."""
-    from .data import load_clip_pixels, load_dataset
-    from .loading import load_pipeline
-    from .train_vae import framewise, is_framewise
+    from frameprompt.loading import load_pipeline
+    from frameprompt.research.train_vae import framewise, is_framewise
+    from frameprompt.training.data import load_clip_pixels, load_dataset
 
     pipe = load_pipeline(model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
@@ -127,7 +127,7 @@ def predict(
     seconds = []
     for clip in clips:
         reference = PIL.Image.open(clip.path / "reference.png").convert("RGB")
-        from .data import clip_skeleton_images
+        from frameprompt.training.data import clip_skeleton_images
 
         poses = clip_skeleton_images(clip)
         t0 = time.time()
@@ -184,7 +184,7 @@ def region_psnr(data: str | Path, pred: str | Path, radius: int = 5) -> dict:
     """
     import torch.nn.functional as F
 
-    from .data import clip_skeleton_images, load_dataset
+    from frameprompt.training.data import clip_skeleton_images, load_dataset
 
     rows: dict[str, list[float]] = {"moving": [], "static": [], "character": [], "moving_fraction": []}
     for clip in load_dataset(data, temporal_factor=4, spatial_multiple=8):
@@ -220,7 +220,7 @@ def comparison_grid(
 ) -> Path:
     """One PNG: per held-out clip, rows skeleton / ground truth / each folder under `pred` (model,
     references), with the reference image in the first column; `scale`x nearest-neighbour upscaling."""
-    from .data import clip_skeleton_images, load_dataset
+    from frameprompt.training.data import clip_skeleton_images, load_dataset
 
     kinds = [
         k
@@ -284,7 +284,7 @@ def export(model: str | Path, dest: str | Path, info: dict | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m frameprompt.default_model_recipe")
+    parser = argparse.ArgumentParser(prog="python -m frameprompt.research.default_model")
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("init")
     p.add_argument("--vae", required=True)

@@ -30,11 +30,17 @@ from typing import Any, Literal
 import torch
 from safetensors.torch import load_file
 
-from . import method
-from .data import CachedClips, LatentCache, build_latent_cache, load_dataset, module_fingerprint
-from .errors import FramePromptError, IncompatibleModelError
-from .lora import LORA_FILE, add_lora, save_lora
-from .method import SequenceLayout
+from frameprompt import method
+from frameprompt.errors import FramePromptError, IncompatibleModelError
+from frameprompt.method import SequenceLayout
+from frameprompt.training.data import (
+    CachedClips,
+    LatentCache,
+    build_latent_cache,
+    load_dataset,
+    module_fingerprint,
+)
+from frameprompt.training.lora import LORA_FILE, add_lora, save_lora
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -239,7 +245,7 @@ class Trainer:
         )
 
     def _load_pipeline(self, device: torch.device):
-        from .loading import load_pipeline
+        from frameprompt.loading import load_pipeline
 
         # LoRA on a GPU: frozen base in bf16 (LoRA weights stay float32); full: float32 master weights.
         dtype = torch.bfloat16 if (device.type == "cuda" and not self.config.full) else torch.float32
@@ -346,10 +352,10 @@ class Trainer:
 
     def _enable_context_cache(self, transformer) -> None:
         try:
-            from . import context_cache
+            from frameprompt.inference import context_cache
         except ImportError as error:
             raise FramePromptError(
-                "--context-cache needs frameprompt.context_cache, which this build does not have",
+                "--context-cache needs frameprompt.inference.context_cache, which this build does not have",
                 "train without --context-cache",
             ) from error
         context_cache.enable_block_causal_attention(transformer, self.layout.context_tokens)
@@ -556,7 +562,7 @@ class Trainer:
             info = self._training_info(step)
             if self.config.full:
                 if self.config.context_cache:
-                    from .context_cache import mark_trained_with_context_cache
+                    from frameprompt.inference.context_cache import mark_trained_with_context_cache
 
                     mark_trained_with_context_cache(model)
                 self.pipe.transformer = model

@@ -16,11 +16,11 @@ loss on the target frames, clean reference frame 0, shifted sigmas), optimizer, 
 
 FramePrompt's "all frames" loss ablation is `frameprompt finetune --loss all`.
 
-    python -m frameprompt.baselines train --kind concat --cache RUN/tr/latent_cache --model RUN/init_model \
+    python -m frameprompt.research.baselines train --kind concat --cache RUN/tr/latent_cache --model RUN/init_model \
         --out RUN/baseline_concat --max-steps 1500 [--resume]
-    python -m frameprompt.baselines predict --kind concat --run RUN/baseline_concat --model RUN/init_model \
+    python -m frameprompt.research.baselines predict --kind concat --run RUN/baseline_concat --model RUN/init_model \
         --data RUN/data_test --out RUN/eval/concat
-    python -m frameprompt.baselines table --run RUN/table1    # all of it: scripts/train_baselines.sh
+    python -m frameprompt.research.baselines table --run RUN/table1    # all of it: scripts/train_baselines.sh
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from diffusers import WanTransformer3DModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import method
+from frameprompt import method
 
 KINDS = ("concat", "residual")
 
@@ -167,7 +167,7 @@ def train_baseline(
     resume: bool = False,
 ) -> Path:
     """Train a baseline on the FramePrompt latent cache with the default model's transformer size."""
-    from .data import CachedClips, LatentCache
+    from frameprompt.training.data import CachedClips, LatentCache
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,9 +222,9 @@ def generate(
     model: BaselineModel, vae, reference: torch.Tensor, skeleton: torch.Tensor, steps: int = 20, seed: int = 0
 ):
     """reference (1,3,1,H,W), skeleton (1,3,N,H,W) in [-1,1] -> (1,3,N,H,W) frames in [-1,1]."""
-    from .pipeline import default_scheduler
-    from .train_vae import framewise
-    from .vae_io import denormalize_latents, encode_video
+    from frameprompt.inference.pipeline import default_scheduler
+    from frameprompt.research.train_vae import framewise
+    from frameprompt.vae_io import denormalize_latents, encode_video
 
     n = skeleton.shape[2]
 
@@ -260,7 +260,7 @@ def predict(
 ):
     from diffusers import AutoencoderKLWan
 
-    from .data import load_clip_pixels, load_dataset
+    from frameprompt.training.data import load_clip_pixels, load_dataset
 
     transformer_config = json.loads((Path(model_dir) / "transformer" / "config.json").read_text())
     model = BaselineModel(kind, transformer_config, z_dim=transformer_config["out_channels"])
@@ -325,7 +325,7 @@ def results_table(table_dir: str | Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m frameprompt.baselines")
+    parser = argparse.ArgumentParser(prog="python -m frameprompt.research.baselines")
     sub = parser.add_subparsers(dest="action", required=True)
     p = sub.add_parser("train")
     p.add_argument("--kind", choices=KINDS, required=True)

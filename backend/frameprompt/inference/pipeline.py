@@ -4,9 +4,9 @@ prepare:  reference + skeleton frames -> VAE -> clean context latents, condition
 loop:     denoise the target latents only; the clean context is re-inserted at every step
 decode:   context + target together, keep the N target frames
 
-Cache mode (`context_cache=`, see `frameprompt.context_cache`): block-causal attention with the
+Cache mode (`context_cache=`, see `frameprompt.inference.context_cache`): block-causal attention with the
 context at timestep 0, the context's K/V computed once per CFG branch, each step running only the
-target tokens. Any number of frames: `generate_long` (windows, see `frameprompt.windows`).
+target tokens. Any number of frames: `generate_long` (windows, see `frameprompt.inference.windows`).
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffusers.video_processor import VideoProcessor
 from safetensors.torch import load_file, save_file
 
-from . import method
-from .context_cache import (
+from frameprompt import method
+from frameprompt.errors import FramePromptError, IncompatibleModelError, InputError
+from frameprompt.inference.context_cache import (
     apply_training_info,
     block_causal_attention,
     cached_forward,
     extract_context_cache,
     trained_with_context_cache,
 )
-from .errors import FramePromptError, IncompatibleModelError, InputError
-from .method import SequenceLayout
-from .vae_io import decode_target_frames, encode_video
+from frameprompt.method import SequenceLayout
+from frameprompt.vae_io import decode_target_frames, encode_video
 
 # diffusers' WanAttnProcessor splits image from text tokens as `len - 512`: any other text length
 # runs silently wrong, so every text embedding is padded to exactly this many tokens.
@@ -346,13 +346,13 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         output_type: str = "pil",
         **kwargs: Any,
     ) -> FramePromptPipelineOutput:
-        """Any number of frames, window by window (`frameprompt.windows`).
+        """Any number of frames, window by window (`frameprompt.inference.windows`).
 
         Each window after the first keeps the reference and carries the last `overlap_frames`
         frames generated so far as given frames. Returns exactly len(pose_frames) frames. Other
         arguments are those of `__call__` (`generator` is shared by the windows).
         """
-        from .windows import generate_long
+        from frameprompt.inference.windows import generate_long
 
         return generate_long(
             self, reference_image, pose_frames, window_frames, overlap_frames, output_type, **kwargs

@@ -10,7 +10,7 @@ Conventions (see docs/training.md, "Evaluation"); every result records its prese
 LPIPS: AlexNet trunk from the user's `alexnet-owt-7be5be79.pth` (torchvision's file; no download),
 the linear heads that torchmetrics ships, inputs in [-1, 1].
 FVD: any `FeatureExtractor` (videos -> (B, d) features), Fréchet distance in float64 with a
-thresholded symmetric eigendecomposition, clamped at 0. `frameprompt.i3d` provides the Kinetics-400
+thresholded symmetric eigendecomposition, clamped at 0. `frameprompt.evaluation.i3d` provides the Kinetics-400
 I3D of the original FVD.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import FramePromptError, ModelNotFoundError
+from frameprompt.errors import FramePromptError, ModelNotFoundError
 
 Preset = Literal["standard", "disco"]
 FeatureExtractor = Callable[[np.ndarray], np.ndarray]  # (B, T, H, W, 3) uint8 -> (B, d)

