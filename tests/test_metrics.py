@@ -245,3 +245,9 @@ def test_evaluate_command_on_identical_clips(tmp_path, random_alexnet):
     assert main(args) == 0
     means = json.loads(summary.read_text())
     assert means["lpips"] is None and means["fvd"] is None
+    # the default report folder <pred>/eval is not read as a clip on the next run, also when the
+    # predictions are compared with themselves
+    assert (pred / "eval" / "metrics.csv").is_file()
+    assert main(args) == 0
+    assert main([*args[:4], str(pred), *args[5:]]) == 0
+    assert (pred / "eval" / "metrics.csv").read_text().count("\n") == 3  # header + the 2 clips

@@ -1,17 +1,21 @@
-"""Errors users see: each one says what is wrong and how to fix it."""
+"""Errors users see: each one says what is wrong and how to fix it.
+
+The base class is the add-on's (`frameprompt_blender.core.errors`), so an error raised in the
+backend and one raised in Blender look and behave the same.
+"""
 
 from __future__ import annotations
 
+from frameprompt_blender.core.errors import FramePromptError
 
-class FramePromptError(Exception):
-    """Base class. `hint` tells the user what to do; `code` is stable for the wire protocol."""
-
-    code = "frameprompt_error"
-
-    def __init__(self, message: str, hint: str = "") -> None:
-        super().__init__(message if not hint else f"{message}\n  fix: {hint}")
-        self.message = message
-        self.hint = hint
+__all__ = [
+    "CorruptWeightsError",
+    "FramePromptError",
+    "IncompatibleModelError",
+    "InputError",
+    "LayoutError",
+    "ModelNotFoundError",
+]
 
 
 class LayoutError(FramePromptError, ValueError):

@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 
 from frameprompt.errors import InputError
+from frameprompt_blender.core.frame_names import frame_name
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
@@ -84,7 +85,7 @@ def write_frames(frames: list[PIL.Image.Image], folder: str | os.PathLike) -> li
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, data in enumerate(encode_pngs(frames)):
-        path = folder / f"{index:04d}.png"
+        path = folder / frame_name(index)
         path.write_bytes(data)
         paths.append(path)
     return paths

@@ -91,6 +91,13 @@ class SequenceLayout:
         """N and carried frames must be multiples of this: lcm(T, the encoder's 4-frame chunks)."""
         return math.lcm(temporal_factor, WAN_ENCODER_CHUNK)
 
+    @staticmethod
+    def multiples_for(vae, transformer) -> tuple[int, int]:
+        """(frames, pixels) of a diffusers VAE + transformer pair: N must be a multiple of `frames`,
+        H and W of `pixels` (the VAE's spatial factor times the patch)."""
+        frames = SequenceLayout.frame_multiple(int(vae.config.scale_factor_temporal))
+        return frames, int(vae.config.scale_factor_spatial) * int(transformer.config.patch_size[1])
+
     @classmethod
     def for_models(
         cls, num_frames: int, height: int, width: int, vae, transformer, carried_frames: int = 0

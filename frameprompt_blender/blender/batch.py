@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Animate a Blender scene with a FramePrompt backend, headless.",
     )
     p.add_argument("blend", nargs="?", help="scene .blend to open (omit inside `blender -b SCENE.blend`)")
+    p.add_argument(
+        "--demo-scene",
+        action="store_true",
+        help="instead of a .blend: the built-in demo (a held-out character walking across the frame; "
+        "reference at frame 1, animation from frame 2)",
+    )
     p.add_argument("--server", default=DEFAULT_ADDRESS, help=f"backend address (default {DEFAULT_ADDRESS})")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--scene", help="scene name (default: the active scene)")
@@ -242,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--render-mp4", action="store_true", help="also render the Sequencer to DIR/<scene>.mp4")
     p.add_argument("--export-only", action="store_true", help="write only the job folder; no server needed")
     p.add_argument("--no-save", action="store_true", help="do not save DIR/<scene>.blend")
+    p.add_argument("--save-blend", help="save the .blend here instead of DIR/<scene>.blend")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the backend to answer")
     p.add_argument(
         "--job-timeout", type=float, default=3600.0, help="seconds without progress before giving up"
@@ -262,7 +269,11 @@ def run(argv: list[str] | None = None) -> int:
     """Parse arguments, run the batch, print a JSON summary; returns the exit code."""
     args = build_parser().parse_args(_script_args(argv))
     try:
-        if args.blend:
+        if args.demo_scene:
+            from .render_dataset import stage_demo_shot
+
+            stage_demo_shot(args.frames or 8, args.width, args.height)
+        elif args.blend:
             path = Path(args.blend)
             if not path.is_file():
                 raise FramePromptUserError(f"{path} not found")
@@ -285,6 +296,7 @@ def run(argv: list[str] | None = None) -> int:
             reference_image=args.reference_image,
             reference_frame=args.reference_frame,
             save_blend=not args.no_save and not args.export_only,
+            save_blend_path=args.save_blend,
             render_mp4=args.render_mp4,
             export_only=args.export_only,
             connect_timeout=args.timeout,

@@ -13,6 +13,8 @@ from typing import Any
 
 import bpy
 
+from ..core.errors import FramePromptError
+
 # OpenPose-18 names, for messages.
 KEYPOINT_NAMES = (
     "Nose", "Neck", "RShoulder", "RElbow", "RWrist", "LShoulder", "LElbow", "LWrist", "RHip", "RKnee",
@@ -22,8 +24,10 @@ KEYPOINT_NAMES = (
 REQUIRED_KEYPOINTS = tuple(range(1, 14))
 
 
-class FramePromptUserError(Exception):
-    """An error the user can fix; the message says how."""
+class FramePromptUserError(FramePromptError):
+    """A problem with the scene or the settings that the user can fix; the message says how."""
+
+    code = "user_error"
 
 
 @dataclass
@@ -143,7 +147,7 @@ def export_job(spec: JobSpec, job_dir: str | Path, *, log: Any = None) -> Export
     Files: ``reference.png``, ``pose/0000_keypoints.json ...`` and ``skeleton/0000.png ...`` for frames
     ``frame_start .. frame_start + num_frames - 1``. Files already written are kept on error.
     """
-    from .skeleton import export_skeleton_frames  # engineer A's module
+    from .skeleton import export_skeleton_frames  # deferred: it loads numpy and the pose renderer
 
     check_spec(spec)
     job_dir = Path(job_dir)

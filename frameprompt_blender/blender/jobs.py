@@ -19,6 +19,8 @@ from typing import Any
 
 import bpy
 
+from ..core.errors import FramePromptError
+from ..core.frame_names import frame_name
 from .export import ExportResult, FramePromptUserError, JobSpec
 
 TICK_S = 0.1
@@ -29,12 +31,11 @@ DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
 ACTIVE_STATES = frozenset({SUBMITTING, QUEUED, RUNNING, CANCELLING})
 
 
-class JobFailed(Exception):
+class JobFailed(FramePromptError):
     """The backend or the transport failed a job; ``code`` is the protocol error code."""
 
     def __init__(self, code: str, message: str, hint: str = "") -> None:
-        self.code, self.message, self.hint = code, message, hint
-        super().__init__(message + (f" Fix: {hint}" if hint else ""))
+        super().__init__(message, hint, code=code)
 
 
 @dataclass
@@ -128,7 +129,6 @@ class JobManager:
         self.job = JobState()
         self.backend: dict[str, Any] = {}
         self.backend_error: str = ""
-        self._timer_registered = False
         self._tick_fn = self._tick  # one bound method, so timers.is_registered/unregister find it
         self._cancel_requested = False
         self.handle: Any = None  # the client's JobHandle of the current job
@@ -270,7 +270,6 @@ class JobManager:
             raise
         if not bpy.app.timers.is_registered(self._tick_fn):
             bpy.app.timers.register(self._tick_fn, first_interval=TICK_S)
-        self._timer_registered = True
 
     def run_blocking(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> JobState:
         """Submit and wait (background mode): returns the final state; raises JobFailed on failure."""
@@ -318,7 +317,6 @@ class JobManager:
         _tag_redraw()
         if self.job.active:
             return TICK_S
-        self._timer_registered = False
         return None
 
     def _check_timeout(self) -> None:
@@ -345,71 +343,87 @@ class JobManager:
             self.handle_event(ev)
 
     def handle_event(self, ev: Any) -> None:
+        """Apply one client event to :attr:`job` (main thread only: results touch ``bpy.data``)."""
         kind, h, parts = _unpack_event(ev)
-        job = self.job
-        handle = getattr(ev, "job", None)
-        if handle is not None and self.handle is not None and handle is not self.handle:
-            return  # an old job's late message
-        if kind in ("connected", "disconnected", "heartbeat"):
-            return
         job_id = h.get("job_id") or ""
-        if job_id and job.job_id and job_id != job.job_id:
+        if self._ignores(ev, kind, job_id):
             return
-        if not job.active and kind in ("accepted", "progress", "result", "error", "status"):
-            return  # nothing is waiting for it (e.g. after a timeout)
-        job.last_event = time.monotonic()
+        self.job.last_event = time.monotonic()
         if kind == "accepted":
-            job.job_id = job_id
-            job.state = QUEUED
-            job.message = "queued"
-            self._log(f"job {job_id} accepted")
+            self._on_accepted(job_id)
         elif kind == "progress":
-            if not job.job_id:
-                job.job_id = job_id
-            if job.state != CANCELLING:
-                job.state = RUNNING if h.get("phase") not in (None, "queued") else QUEUED
-            job.phase = str(h.get("phase") or "")
-            job.step, job.total = int(h.get("step") or 0), int(h.get("total") or 0)
-            job.eta_s = h.get("eta_s")
-            job.message = h.get("message") or job.phase
-            if job.total:
-                self._log(f"{job.phase} {job.step}/{job.total} {job.eta_text()}".rstrip())
-            elif job.phase:
-                self._log(job.phase)
+            self._on_progress(job_id, h)
         elif kind == "result":
-            if self._cancel_requested:
-                self._finish(CANCELLED, "Cancelled: the result that arrived afterwards was discarded")
-                return
-            self._on_result(job_id, h, parts)
+            self._on_result(job_id, parts)
         elif kind == "error":
-            code = str(h.get("code") or "model_error")
-            if code == "cancelled" or (self._cancel_requested and code in ("unknown_job", "interrupted")):
-                self._finish(CANCELLED, "Cancelled: no frames were imported; press Animate to run it again")
-                return
-            msg = str(h.get("message") or "the backend reported an error")
-            hint = str(h.get("hint") or "")
-            self._finish(FAILED, msg + (f". Fix: {hint}" if hint else ""), code=code)
+            self._on_error(h)
         elif kind == "status":
-            st = h.get("state")
-            if st == "cancelled":
-                self._finish(CANCELLED, "Cancelled: no frames were imported")
-            elif st in ("failed", "interrupted"):
-                self._finish(FAILED, str(h.get("message") or f"job {st}"), code=st)
+            self._on_status(h)
         elif kind == "hello":
             self._set_backend(h, None, "")
 
-    def _on_result(self, job_id: str, h: dict[str, Any], parts: list[bytes]) -> None:
+    def _ignores(self, ev: Any, kind: str, job_id: str) -> bool:
+        """True for events that must not touch the current job (nor reset its timeout)."""
+        handle = getattr(ev, "job", None)
+        if handle is not None and self.handle is not None and handle is not self.handle:
+            return True  # an earlier job's late message
+        if kind in ("connected", "disconnected", "heartbeat"):
+            return True  # transport chatter: says nothing about the job's progress
+        if job_id and self.job.job_id and job_id != self.job.job_id:
+            return True
+        # A job message with nothing waiting for it (e.g. after a timeout) must not revive the job.
+        return not self.job.active and kind in ("accepted", "progress", "result", "error", "status")
+
+    def _on_accepted(self, job_id: str) -> None:
         job = self.job
+        job.job_id = job_id
+        job.state = QUEUED
+        job.message = "queued"
+        self._log(f"job {job_id} accepted")
+
+    def _on_progress(self, job_id: str, h: dict[str, Any]) -> None:
+        job = self.job
+        if not job.job_id:
+            job.job_id = job_id  # no 'accepted' seen yet: adopt the id the progress carries
+        if job.state != CANCELLING:  # a progress message still in flight must not undo a cancel
+            job.state = RUNNING if h.get("phase") not in (None, "queued") else QUEUED
+        job.phase = str(h.get("phase") or "")
+        job.step, job.total = int(h.get("step") or 0), int(h.get("total") or 0)
+        job.eta_s = h.get("eta_s")
+        job.message = h.get("message") or job.phase
+        if job.total:
+            self._log(f"{job.phase} {job.step}/{job.total} {job.eta_text()}".rstrip())
+        elif job.phase:
+            self._log(job.phase)
+
+    def _on_error(self, h: dict[str, Any]) -> None:
+        code = str(h.get("code") or "model_error")
+        # After a cancel the backend may already have forgotten the job: that is the cancel succeeding.
+        if code == "cancelled" or (self._cancel_requested and code in ("unknown_job", "interrupted")):
+            self._finish(CANCELLED, "Cancelled: no frames were imported; press Animate to run it again")
+            return
+        msg = str(h.get("message") or "the backend reported an error")
+        hint = str(h.get("hint") or "")
+        self._finish(FAILED, msg + (f". Fix: {hint}" if hint else ""), code=code)
+
+    def _on_status(self, h: dict[str, Any]) -> None:
+        st = h.get("state")
+        if st == "cancelled":
+            self._finish(CANCELLED, "Cancelled: no frames were imported")
+        elif st in ("failed", "interrupted"):
+            self._finish(FAILED, str(h.get("message") or f"job {st}"), code=st)
+
+    def _on_result(self, job_id: str, parts: list[bytes]) -> None:
+        """Frames to disk, then a Sequencer strip in the job's scene; the job is done only once both are."""
+        job = self.job
+        if self._cancel_requested:
+            self._finish(CANCELLED, "Cancelled: the result that arrived afterwards was discarded")
+            return
         if not parts:
             self._finish(FAILED, "The backend returned no frames", code="model_error")
             return
         out = Path(job.job_dir) / "frames"
-        out.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for i, data in enumerate(parts):
-            p = out / f"{i:04d}.png"
-            p.write_bytes(data)
-            paths.append(p)
+        paths = _write_frames(out, parts)
         job.frames = [str(p) for p in paths]
         self._log(f"received {len(paths)} frames -> {out}")
         scene = bpy.data.scenes.get(job.scene)
@@ -427,16 +441,9 @@ class JobManager:
         )
         job.strip = strip.name
         job.step = job.total = max(job.total, 1)
-        settings = getattr(scene, "frameprompt", None)
-        if settings is not None:
-            settings.last_job_id = job_id
-            settings.last_result_dir = str(out)
-            settings.last_strip = strip.name
-            settings.last_strip_scene = scene.name
+        _remember_result(scene, job_id, out, strip)
         if not job.keep_inputs:
-            for sub in ("pose", "skeleton"):
-                shutil.rmtree(Path(job.job_dir) / sub, ignore_errors=True)
-            (Path(job.job_dir) / "reference.png").unlink(missing_ok=True)
+            _remove_inputs(Path(job.job_dir))
         self._finish(DONE, f"Done: {len(paths)} frames in strip '{strip.name}' (channel {strip.channel})")
 
     def _finish(self, state: str, message: str, code: str = "") -> None:
@@ -456,10 +463,37 @@ class JobManager:
         """Stop the timer and the client thread (add-on disabled, file closed)."""
         if bpy.app.timers.is_registered(self._tick_fn):
             bpy.app.timers.unregister(self._tick_fn)
-        self._timer_registered = False
         if self.job.active:
             self._finish(CANCELLED, "Stopped: the file was closed or the add-on disabled")
         self.close_client()
+
+
+def _write_frames(out: Path, parts: list[bytes]) -> list[Path]:
+    """The result's PNGs as ``out/0000.png ...``, in the order the backend sent them."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, data in enumerate(parts):
+        p = out / frame_name(i)
+        p.write_bytes(data)
+        paths.append(p)
+    return paths
+
+
+def _remember_result(scene: Any, job_id: str, out: Path, strip: Any) -> None:
+    """Store the result on the scene's settings, saved with the file, so Show Result works after a reload."""
+    settings = getattr(scene, "frameprompt", None)
+    if settings is not None:
+        settings.last_job_id = job_id
+        settings.last_result_dir = str(out)
+        settings.last_strip = strip.name
+        settings.last_strip_scene = scene.name
+
+
+def _remove_inputs(job_dir: Path) -> None:
+    """Delete the exported inputs (keep_inputs off); the generated frames stay."""
+    for sub in ("pose", "skeleton"):
+        shutil.rmtree(job_dir / sub, ignore_errors=True)
+    (job_dir / "reference.png").unlink(missing_ok=True)
 
 
 def _unpack_event(ev: Any) -> tuple[str, dict[str, Any], list[bytes]]:

@@ -39,7 +39,7 @@ def camera_ray_point(
 
 def skeleton_world_points(scene: Any, armature: Any, camera: Any, width: int, height: int) -> list[Any]:
     """18 world points (None where the joint is not visible) for the current frame."""
-    from .skeleton import armature_pose  # engineer A's module
+    from .skeleton import armature_pose
 
     pose = armature_pose(scene, armature, camera, scene.frame_current, width, height)
     depth = getattr(pose, "depth", None)

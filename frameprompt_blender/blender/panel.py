@@ -6,7 +6,9 @@ from typing import Any
 
 import bpy
 
-from .jobs import CANCELLED, DONE, FAILED, MANAGER
+from .jobs import CANCELLED, DONE, FAILED, MANAGER, JobState
+
+_RESULT_ICONS = {DONE: "CHECKMARK", FAILED: "ERROR", CANCELLED: "CANCEL"}
 
 
 class FRAMEPROMPT_PT_animate(bpy.types.Panel):
@@ -17,115 +19,145 @@ class FRAMEPROMPT_PT_animate(bpy.types.Panel):
     bl_category = "FramePrompt"
 
     def draw(self, context: Any) -> None:
-        from .export import spec_from_scene, spec_problems
-        from .properties import effective_armature, effective_camera, effective_start
-
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
         scene = context.scene
-        s = getattr(scene, "frameprompt", None)
-        if s is None:
+        settings = getattr(scene, "frameprompt", None)
+        if settings is None:
             layout.label(text="Settings missing: re-enable the add-on", icon="ERROR")
             return
 
-        # Subject
-        col = layout.column(align=True)
-        col.prop(s, "armature")
-        arm = effective_armature(scene, s, context)
-        if s.armature is None:
-            col.label(text=f"Using: {arm.name}" if arm else "No armature selected", icon="ARMATURE_DATA")
-        col.prop(s, "camera")
-        cam = effective_camera(scene, s)
-        if s.camera is None:
-            col.label(text=f"Using: {cam.name}" if cam else "Scene has no camera", icon="CAMERA_DATA")
+        _draw_subject(layout, context, scene, settings)
+        _draw_frames(layout, scene, settings)
+        _draw_resolution(layout, settings)
+        _draw_reference(layout, settings)
+        _draw_generation(layout, settings)
+        _draw_backend(layout)
+        _draw_problems(layout, context)
+        _draw_actions(layout, context)
+        _draw_job(layout, MANAGER.job)
+        _draw_last_result(layout, settings)
 
-        # Frames
-        col = layout.column(align=True)
-        col.prop(s, "use_scene_start")
-        sub = col.column(align=True)
-        sub.enabled = not s.use_scene_start
-        sub.prop(s, "frame_start")
-        col.prop(s, "num_frames")
-        start = effective_start(scene, s)
-        col.label(text=f"Frames {start}–{start + s.num_frames - 1}", icon="TIME")
 
-        # Resolution
-        col = layout.column(align=True)
-        col.prop(s, "resolution_preset")
-        sub = col.column(align=True)
-        sub.enabled = s.resolution_preset == "CUSTOM"
-        sub.prop(s, "width")
-        sub.prop(s, "height")
-        caps = MANAGER.backend.get("limits") if MANAGER.backend else None
-        if caps:
-            col.label(text=f"Backend max {caps.get('max_width', '?')}×{caps.get('max_height', '?')}")
+# Module functions rather than Panel methods: the tests call ``draw`` with a mock as ``self`` to record
+# the layout calls, and methods looked up on that mock would silently draw nothing.
 
-        # Reference
-        col = layout.column(align=True)
-        col.prop(s, "reference_source")
-        if s.reference_source == "IMAGE":
-            col.prop(s, "reference_image")
-        else:
-            col.prop(s, "reference_frame_offset")
 
-        # Generation
-        col = layout.column(align=True)
-        col.prop(s, "prompt")
-        col.prop(s, "seed")
-        col.prop(s, "steps")
-        col.prop(s, "guidance")
-        col.prop(s, "lora")
+def _draw_subject(layout: Any, context: Any, scene: Any, settings: Any) -> None:
+    """Armature and camera; when left empty, the object the export will fall back to."""
+    from .properties import effective_armature, effective_camera
 
-        # Backend
+    col = layout.column(align=True)
+    col.prop(settings, "armature")
+    arm = effective_armature(scene, settings, context)
+    if settings.armature is None:
+        col.label(text=f"Using: {arm.name}" if arm else "No armature selected", icon="ARMATURE_DATA")
+    col.prop(settings, "camera")
+    cam = effective_camera(scene, settings)
+    if settings.camera is None:
+        col.label(text=f"Using: {cam.name}" if cam else "Scene has no camera", icon="CAMERA_DATA")
+
+
+def _draw_frames(layout: Any, scene: Any, settings: Any) -> None:
+    from .properties import effective_start
+
+    col = layout.column(align=True)
+    col.prop(settings, "use_scene_start")
+    sub = col.column(align=True)
+    sub.enabled = not settings.use_scene_start
+    sub.prop(settings, "frame_start")
+    col.prop(settings, "num_frames")
+    start = effective_start(scene, settings)
+    col.label(text=f"Frames {start}–{start + settings.num_frames - 1}", icon="TIME")
+
+
+def _draw_resolution(layout: Any, settings: Any) -> None:
+    col = layout.column(align=True)
+    col.prop(settings, "resolution_preset")
+    sub = col.column(align=True)
+    sub.enabled = settings.resolution_preset == "CUSTOM"
+    sub.prop(settings, "width")
+    sub.prop(settings, "height")
+    caps = MANAGER.backend.get("limits") if MANAGER.backend else None
+    if caps:
+        col.label(text=f"Backend max {caps.get('max_width', '?')}×{caps.get('max_height', '?')}")
+
+
+def _draw_reference(layout: Any, settings: Any) -> None:
+    col = layout.column(align=True)
+    col.prop(settings, "reference_source")
+    if settings.reference_source == "IMAGE":
+        col.prop(settings, "reference_image")
+    else:
+        col.prop(settings, "reference_frame_offset")
+
+
+def _draw_generation(layout: Any, settings: Any) -> None:
+    col = layout.column(align=True)
+    col.prop(settings, "prompt")
+    col.prop(settings, "seed")
+    col.prop(settings, "steps")
+    col.prop(settings, "guidance")
+    col.prop(settings, "lora")
+
+
+def _draw_backend(layout: Any) -> None:
+    box = layout.box()
+    row = box.row()
+    row.label(text=MANAGER.backend_status_line(), icon="LINKED" if MANAGER.backend else "UNLINKED")
+    row.operator("frameprompt.test_connection", text="", icon="FILE_REFRESH")
+    if MANAGER.backend_error:
+        box.label(text=MANAGER.backend_error[:120], icon="ERROR")
+
+
+def _draw_problems(layout: Any, context: Any) -> None:
+    """Why Animate is greyed out, every reason: its poll message shows only the first, in a tooltip."""
+    from .export import spec_from_scene, spec_problems
+
+    for problem in spec_problems(spec_from_scene(context)):
+        layout.label(text=problem, icon="ERROR")
+
+
+def _draw_actions(layout: Any, context: Any) -> None:
+    row = layout.row(align=True)
+    row.scale_y = 1.4
+    row.operator("frameprompt.animate", icon="RENDER_ANIMATION")
+    row = layout.row(align=True)
+    row.operator("frameprompt.export", icon="EXPORT")
+    wm_state = getattr(context.window_manager, "frameprompt", None)
+    if wm_state is not None:
+        row.operator(
+            "frameprompt.toggle_overlay",
+            icon="HIDE_OFF" if wm_state.show_overlay else "HIDE_ON",
+            depress=wm_state.show_overlay,
+        )
+
+
+def _draw_job(layout: Any, job: JobState) -> None:
+    """Progress and Cancel while a job runs, else the outcome of the last one (nothing before the first)."""
+    if job.active:
         box = layout.box()
-        row = box.row()
-        row.label(text=MANAGER.backend_status_line(), icon="LINKED" if MANAGER.backend else "UNLINKED")
-        row.operator("frameprompt.test_connection", text="", icon="FILE_REFRESH")
-        if MANAGER.backend_error:
-            box.label(text=MANAGER.backend_error[:120], icon="ERROR")
+        box.progress(text=job.progress_text(), factor=job.factor, type="BAR")
+        box.operator("frameprompt.cancel", icon="CANCEL")
+    elif job.state in _RESULT_ICONS:
+        icon = _RESULT_ICONS[job.state]
+        box = layout.box()
+        for i, line in enumerate(_wrap(job.message, 60)):
+            box.label(text=line, icon=icon if i == 0 else "BLANK1")
+        if job.state == FAILED and job.job_dir:
+            box.label(text=f"Inputs kept in {job.job_dir}"[:120], icon="FILE_FOLDER")
 
-        # Problems (why Animate is greyed out)
-        problems = spec_problems(spec_from_scene(context))
-        for p in problems:
-            layout.label(text=p, icon="ERROR")
 
-        # Actions
-        row = layout.row(align=True)
-        row.scale_y = 1.4
-        row.operator("frameprompt.animate", icon="RENDER_ANIMATION")
-        row = layout.row(align=True)
-        row.operator("frameprompt.export", icon="EXPORT")
-        wm_state = getattr(context.window_manager, "frameprompt", None)
-        if wm_state is not None:
-            row.operator(
-                "frameprompt.toggle_overlay",
-                icon="HIDE_OFF" if wm_state.show_overlay else "HIDE_ON",
-                depress=wm_state.show_overlay,
-            )
-
-        # Job
-        job = MANAGER.job
-        if job.active:
-            box = layout.box()
-            box.progress(text=job.progress_text(), factor=job.factor, type="BAR")
-            box.operator("frameprompt.cancel", icon="CANCEL")
-        elif job.state in (DONE, FAILED, CANCELLED):
-            icon = {"done": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}[job.state]
-            box = layout.box()
-            for i, line in enumerate(_wrap(job.message, 60)):
-                box.label(text=line, icon=icon if i == 0 else "BLANK1")
-            if job.state == FAILED and job.job_dir:
-                box.label(text=f"Inputs kept in {job.job_dir}"[:120], icon="FILE_FOLDER")
-
-        # Last result
-        if s.last_strip:
-            box = layout.box()
-            box.label(text=f"Last result: {s.last_strip}", icon="SEQUENCE")
-            box.operator("frameprompt.show_result", icon="SEQ_SEQUENCER")
+def _draw_last_result(layout: Any, settings: Any) -> None:
+    if settings.last_strip:
+        box = layout.box()
+        box.label(text=f"Last result: {settings.last_strip}", icon="SEQUENCE")
+        box.operator("frameprompt.show_result", icon="SEQ_SEQUENCER")
 
 
 def _wrap(text: str, width: int) -> list[str]:
+    """Greedy word wrap: a panel label does not wrap by itself."""
     words, lines, line = text.split(), [], ""
     for w in words:
         if line and len(line) + 1 + len(w) > width:

@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.dataset_format import REFERENCE_FILE, TARGET_DIR, frame_name, write_meta
+from ..core.dataset_format import REFERENCE_FILE, TARGET_DIR, write_meta
+from ..core.frame_names import frame_name
+from ..core.render_options import ENGINES, MOTIONS, add_render_arguments
 
-MOTIONS = ("walk", "run", "wave", "jump", "turn", "dance", "crouch")
 X, Y, Z = (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)
-ENGINES = {"workbench": "BLENDER_WORKBENCH", "eevee": "BLENDER_EEVEE_NEXT", "cycles": "CYCLES"}
 
 # A motion: (phase in [0, 2 pi), rng values) -> ({bone: (world axis, angle)}, root (dx, dy, dz), root yaw)
 Pose3D = tuple[dict[str, tuple[tuple[float, float, float], float]], tuple[float, float, float], float]
@@ -374,7 +374,11 @@ def _load_blend_scene(
 
 
 def _builtin_scene(
-    config: RenderConfig, motion: str, rng: random.Random, character: int | None = None
+    config: RenderConfig,
+    motion: str,
+    rng: random.Random,
+    character: int | None = None,
+    stride: int | None = None,
 ) -> tuple[Any, Any, Any, int, list[int], str]:
     """The built-in humanoid (or procedural character) staged as a user's shot; returns scene,
     armature, camera, the reference frame (the clip's first) and the N target frames after it."""
@@ -388,7 +392,7 @@ def _builtin_scene(
 
         demo = replace_demo_character(demo, character_params(character))
     # every frame or every other one: N targets then span up to 2N frames of motion
-    stride = rng.choice((1, 2, 2))
+    stride = stride or rng.choice((1, 2, 2))
     length = 1 + stride * config.frames
     top = max(b.tail_local.z for b in demo.armature.data.bones) * demo.armature.scale.z
     _stage_builtin_clip(demo, motion, length, rng, character_height=1.05 * top)
@@ -413,6 +417,21 @@ def _blend_clip(
     _jitter_camera(camera, centre, rng)
     first = rng.randint(start, end - n + 1)
     return scene, arm, camera, rng.randint(start, end), list(range(first, first + n)), source
+
+
+def stage_demo_shot(
+    num_frames: int, width: int, height: int, character: int = 10, motion: str = "walk", seed: int = 2
+) -> Any:
+    """The demo's scene: a held-out character (`characters.is_held_out`) doing a built-in motion, staged
+    like a training clip, with the reference at frame 1 and the N animated frames at 2..N+1; returns it."""
+    config = RenderConfig(out="", clips=1, frames=num_frames, width=width, height=height)
+    rng = random.Random(seed)
+    scene, *_ = _builtin_scene(config, motion, rng, character, stride=1)
+    _setup_render(scene, config)
+    _background(scene, rng)
+    scene.frame_start, scene.frame_end = 1, 1 + num_frames
+    scene.frame_set(1)
+    return scene
 
 
 def render_clip(config: RenderConfig, index: int) -> Path:
@@ -514,46 +533,6 @@ class _quiet:
         os.close(self.null)
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"size must look like 256x256, got {text!r}") from error
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError("size must be positive")
-    return w, h
-
-
-def add_render_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--blend", nargs="*", default=[], help=".blend files with a rigged character and actions"
-    )
-    parser.add_argument("--out", required=True, help="data set folder to write (existing clips are kept)")
-    parser.add_argument("--clips", type=int, required=True, help="number of clips")
-    parser.add_argument("--frames", type=int, required=True, help="N: skeleton/target frames per clip")
-    parser.add_argument("--size", type=parse_size, default=(256, 256), help="WxH (default 256x256)")
-    parser.add_argument(
-        "--motions",
-        default=",".join(MOTIONS),
-        help=f"built-in motions without --blend (default {','.join(MOTIONS)})",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--engine", choices=sorted(ENGINES), default="workbench", help="render engine")
-    parser.add_argument("--samples", type=int, default=4, help="Cycles samples (default 4)")
-    parser.add_argument("--fps", type=int, default=16)
-    parser.add_argument("--armature", help="armature object name in the .blend files (default: the first)")
-    parser.add_argument("--camera", help="camera object name (default: the scene camera)")
-    parser.add_argument(
-        "--characters",
-        choices=["train", "test"],
-        help="built-in scene: vary the procedural character, from the training or the held-out pool",
-    )
-    parser.add_argument(
-        "--num-characters", type=int, default=50, help="how many characters of the pool (default 50)"
-    )
-    parser.add_argument("--no-progress", action="store_true")
-
-
 def config_from_args(args: argparse.Namespace) -> RenderConfig:
     return RenderConfig(
         out=args.out,
@@ -576,11 +555,18 @@ def config_from_args(args: argparse.Namespace) -> RenderConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point inside a `blender -b --python render_dataset.py -- ARGS` process."""
-    argv = list(sys.argv[sys.argv.index("--") + 1 :] if argv is None and "--" in sys.argv else argv or [])
-    parser = argparse.ArgumentParser(prog="render_dataset")
+    """`python -m frameprompt_blender.blender.render_dataset ARGS` (the bpy module) or
+    `blender -b --python-expr ... -- ARGS`: the process `frameprompt dataset render` starts."""
+    if argv is None:
+        argv = sys.argv[sys.argv.index("--") + 1 :] if "--" in sys.argv else sys.argv[1:]
+    parser = argparse.ArgumentParser(prog="frameprompt dataset render")
     add_render_arguments(parser)
-    render_dataset(config_from_args(parser.parse_args(argv)))
+    try:
+        folders = render_dataset(config_from_args(parser.parse_args(argv)))
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"frameprompt dataset render: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(folders)} clips in {folders[0].parent if folders else '(none)'}")
     return 0
 
 

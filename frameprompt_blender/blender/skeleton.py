@@ -1,4 +1,4 @@
-"""OpenPose keypoints read exactly from a Blender armature (the `bpy` edge of issue 3).
+"""OpenPose keypoints read exactly from a Blender armature (the `bpy` side; the maths is in `core`).
 
 For each frame: `scene.frame_set`, evaluated pose-bone matrices, the bone map (preset detection + the
 armature's `frameprompt_bone_map` overrides, `core.bone_maps`), Blender's camera projection
@@ -25,9 +25,10 @@ import numpy as np
 
 from ..core import bone_maps
 from ..core.bone_maps import OVERRIDE_PROPERTY, BoneMapReport, JointRef
+from ..core.frame_names import frame_name, pose_file_name
 from ..core.keypoints import FACE_KEYPOINTS, L_SHOULDER, NECK, NUM_KEYPOINTS, R_SHOULDER, Pose
 from ..core.openpose_draw import save_pose_png
-from ..core.openpose_json import frame_file_name, write_pose_json
+from ..core.openpose_json import write_pose_json
 from ..core.projection import CameraParams, project_points
 
 ESTIMATED_CONFIDENCE = 0.9  # face points placed from the head bone rather than read from a bone
@@ -263,9 +264,9 @@ def export_skeleton_frames(
     try:
         for i, f in enumerate(frames):
             pose = reader.pose(scene, camera_obj, f, width, height)
-            write_pose_json(pose_dir / frame_file_name(i), pose)
+            write_pose_json(pose_dir / pose_file_name(i), pose)
             if write_png:
-                save_pose_png(skel_dir / f"{i:04d}.png", pose)
+                save_pose_png(skel_dir / frame_name(i), pose)
             poses.append(pose)
             if progress is not None:
                 progress(i + 1, len(frames))

@@ -23,10 +23,6 @@ TARGET_DIR = "target"
 NUM_KEYPOINTS = 18
 
 
-def frame_name(index: int, suffix: str = ".png") -> str:
-    return f"{index:04d}{suffix}"
-
-
 def write_meta(
     folder: str | os.PathLike,
     width: int,

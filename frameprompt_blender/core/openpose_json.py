@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .frame_names import POSE_SUFFIX
 from .keypoints import NUM_KEYPOINTS, Pose
 
 OPENPOSE_VERSION = 1.3
 DEPTH_FIELD = "frameprompt_depth"
-FRAME_FILE_SUFFIX = "_keypoints.json"
 
 # BODY_25 -> COCO-18: BODY_25 inserts MidHip at 8 and appends 6 foot points.
 _BODY25_TO_COCO18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
@@ -174,10 +174,6 @@ def read_pose_json(path: str | os.PathLike, canvas_size: tuple[int, int] | None 
     return [pose_from_openpose_dict(data, str(path), canvas_size)]
 
 
-def frame_file_name(index: int) -> str:
-    return f"{index:04d}{FRAME_FILE_SUFFIX}"
-
-
 def read_pose_folder(folder: str | os.PathLike, canvas_size: tuple[int, int] | None = None) -> list[Pose]:
     """All `*_keypoints.json` in a folder, sorted by file name, one pose per frame."""
     folder = Path(folder)
@@ -185,10 +181,10 @@ def read_pose_folder(folder: str | os.PathLike, canvas_size: tuple[int, int] | N
         raise ValueError(
             f"{folder}: not a folder; point at the 'pose' folder holding 0000_keypoints.json ..."
         )
-    files = sorted(folder.glob(f"*{FRAME_FILE_SUFFIX}"))
+    files = sorted(folder.glob(f"*{POSE_SUFFIX}"))
     if not files:
         raise ValueError(
-            f"{folder}: no *{FRAME_FILE_SUFFIX} files; export the skeleton first (one OpenPose JSON per frame, "
+            f"{folder}: no *{POSE_SUFFIX} files; export the skeleton first (one OpenPose JSON per frame, "
             "named 0000_keypoints.json, 0001_keypoints.json ...)"
         )
     poses: list[Pose] = []

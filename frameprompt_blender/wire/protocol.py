@@ -31,6 +31,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
+from ..core.errors import FramePromptError
+from ..core.frame_names import frame_name
+
 PROTOCOL_VERSION = 1
 # Additive revisions of version 1 (see the module docstring and docs/protocol.md): 2 = rgb8 result frames.
 PROTOCOL_REVISION = 2
@@ -91,14 +94,15 @@ _PNG_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
-class ProtocolError(Exception):
-    """A message broke the protocol. `code` is stable (see ERROR_HINTS); `message` says what; `hint` how to fix."""
+class ProtocolError(FramePromptError):
+    """A message broke the protocol, or the server answered with an error. `code` is stable (see
+    ERROR_HINTS); without a hint of its own the code's standard hint is used."""
 
     def __init__(self, code: str, message: str, hint: str | None = None) -> None:
-        self.code = code
-        self.message = message
-        self.hint = ERROR_HINTS.get(code, "") if hint is None else hint
-        super().__init__(f"{message} ({code})" + (f"\n  fix: {self.hint}" if self.hint else ""))
+        super().__init__(message, ERROR_HINTS.get(code, "") if hint is None else hint, code=code)
+
+    def describe(self) -> str:
+        return f"{self.message} ({self.code})" + (f"\n  fix: {self.hint}" if self.hint else "")
 
     def fields(self) -> dict[str, str]:
         """The error's fields for an `error` message header."""
@@ -516,7 +520,9 @@ def build_submit(
     if poses:
         params.setdefault("num_frames", len(poses))
     ext = "png" if pose_format == "png" else "json"
-    names = list(pose_names) if pose_names is not None else [f"{i:04d}.{ext}" for i in range(len(poses))]
+    names = (
+        list(pose_names) if pose_names is not None else [frame_name(i, f".{ext}") for i in range(len(poses))]
+    )
     parts_desc = [{"name": "reference.png", "role": "reference", "kind": "png"}]
     parts_desc += [{"name": n, "role": "pose", "kind": "png" if ext == "png" else "json"} for n in names]
     fields: dict[str, Any] = {"pose_format": pose_format, "params": params, "parts": parts_desc}
@@ -638,9 +644,9 @@ def build_progress(
     return encode("progress", fields)
 
 
-def frame_name(index: int, frame_format: str = "png") -> str:
+def output_frame_name(index: int, frame_format: str = "png") -> str:
     """File name of output frame `index`: 0000.png, or 0000.rgb for rgb8."""
-    return f"{index:04d}.{'rgb' if frame_format == 'rgb8' else 'png'}"
+    return frame_name(index, ".rgb" if frame_format == "rgb8" else ".png")
 
 
 def build_result(
@@ -666,7 +672,7 @@ def build_result(
     fields: dict[str, Any] = {
         "job_id": job_id,
         "meta": dict(meta or {}),
-        "parts": [{"name": frame_name(i, frame_format), **desc} for i in range(len(frames))],
+        "parts": [{"name": output_frame_name(i, frame_format), **desc} for i in range(len(frames))],
     }
     if req:
         fields["req"] = req
@@ -706,7 +712,7 @@ def result_from_parts(header: Mapping[str, Any], parts: Sequence[bytes]) -> Resu
     for i, (d, data) in enumerate(zip(descriptors, parts, strict=True)):
         if not isinstance(d, dict):
             raise ProtocolError("bad_message", "each entry of 'parts' must be an object")
-        names.append(check_name(d.get("name", f"{i:04d}.png"), "frame name"))
+        names.append(check_name(d.get("name", frame_name(i)), "frame name"))
         kind = d.get("kind", "png")
         if kind not in FRAME_FORMATS:
             raise ProtocolError(

@@ -7,11 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import frameprompt_blender
 from frameprompt.errors import FramePromptError
+
+# the renderer's module in the add-on (imports bpy, so only ever run in a process of its own)
+RENDERER = "frameprompt_blender.blender.render_dataset"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from frameprompt_blender.blender.render_dataset import add_render_arguments
+    from frameprompt_blender.core.render_options import add_render_arguments
 
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     render = sub.add_parser("render", help="render clips from .blend files or built-in motions")
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "render":
             return _render(args)
         return _validate(args)
-    except (FramePromptError, FileNotFoundError, ValueError, RuntimeError) as error:
+    except (FramePromptError, FileNotFoundError, ValueError) as error:
         print(f"frameprompt dataset {args.action}: {error}", file=sys.stderr)
         return 2
 
@@ -47,48 +51,15 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    if args.blender:
-        return _render_with_binary(args)
-    from frameprompt_blender.blender.render_dataset import config_from_args, render_dataset
+    """Rendering runs in Blender's own process (bpy and torch never share one): the bpy module under
+    this Python, or `blender -b` with the add-on's folder on its path."""
+    from frameprompt_blender.core.render_options import render_argv
 
-    folders = render_dataset(config_from_args(args))
-    print(f"{len(folders)} clips in {args.out}")
-    return 0
-
-
-def _render_with_binary(args: argparse.Namespace) -> int:
-    """Re-run the renderer inside `blender -b`; this package and the add-on's core go on its sys.path."""
-    backend = Path(__file__).resolve().parents[2]
-    repo = backend.parent
-    forwarded = [
-        "--out",
-        str(Path(args.out).resolve()),
-        "--clips",
-        str(args.clips),
-        "--frames",
-        str(args.frames),
-    ]
-    forwarded += [
-        "--size",
-        f"{args.size[0]}x{args.size[1]}",
-        "--motions",
-        args.motions,
-        "--seed",
-        str(args.seed),
-    ]
-    forwarded += ["--engine", args.engine, "--samples", str(args.samples), "--fps", str(args.fps)]
-    if args.armature:
-        forwarded += ["--armature", args.armature]
-    if args.camera:
-        forwarded += ["--camera", args.camera]
-    if args.no_progress:
-        forwarded.append("--no-progress")
-    if args.blend:
-        forwarded += ["--blend", *(str(Path(b).resolve()) for b in args.blend)]
-    expr = (
-        f"import sys; sys.path[:0] = [{str(backend)!r}, {str(repo)!r}]; "
-        "from frameprompt_blender.blender.render_dataset import main; sys.exit(main())"
-    )
+    forwarded = render_argv(args)
+    if not args.blender:
+        return subprocess.call([sys.executable, "-m", RENDERER, *forwarded])
+    addon_parent = Path(frameprompt_blender.__file__).resolve().parents[1]
+    expr = f"import sys; sys.path.insert(0, {str(addon_parent)!r}); from {RENDERER} import main; sys.exit(main())"
     command = [
         args.blender,
         "-b",

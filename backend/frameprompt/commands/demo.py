@@ -1,15 +1,17 @@
 """frameprompt demo: the whole path headless, on the built-in demo scene.
 
-Blender (the bpy module, this process) builds the demo character and its walk, exports the skeleton
-frames and a rendered reference, and sends them to a `frameprompt serve` process; the result comes
-back as N frames, an image strip in the Sequencer, a saved .blend and an MP4. Torch is only ever
-loaded by the server process, as with Blender itself.
+Two processes, as in a studio: Blender (the bpy module, `python -m frameprompt_blender.batch
+--demo-scene`) builds the demo character and its walk, exports the skeleton frames and a rendered
+reference, and sends them to a `frameprompt serve` process; the result comes back as N frames, an
+image strip in the Sequencer, a saved .blend and an MP4. Torch is only ever loaded by the server,
+bpy only by the Blender process.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -64,8 +66,6 @@ def _model_for_demo(args: argparse.Namespace, out: Path) -> str | None:
 def _default_size(model: str | None) -> tuple[int, int]:
     """The embedded model was trained at one size (64x64): the demo uses it unless told otherwise."""
     if model is None:
-        import json
-
         from frameprompt.loading import DEFAULT_MODEL_DIR
 
         info = DEFAULT_MODEL_DIR / "frameprompt_training.json"
@@ -109,32 +109,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _animate(args: argparse.Namespace, out: Path, address: str, server: subprocess.Popen) -> int:
-    import bpy
-
-    from frameprompt_blender.blender.batch import run_batch
-    from frameprompt_blender.blender.demo_scene import build_demo_scene
-
     started = time.perf_counter()
-    bpy.ops.wm.read_homefile(use_empty=True)
-    build_demo_scene()
-    scene = bpy.context.scene
-    try:
-        paths = run_batch(
-            scene,
-            server_address=address,
-            out_dir=out,
-            num_frames=args.frames,
-            width=args.width,
-            height=args.height,
-            steps=args.steps,
-            seed=args.seed,
-            save_blend_path=out / "demo.blend",
-            render_mp4=True,
-            connect_timeout=120.0,
+    command = [sys.executable, "-m", "frameprompt_blender.batch", "--demo-scene", "--server", address]
+    command += ["--out", str(out), "--frames", str(args.frames), "--start", "2", "--reference-frame", "1"]
+    command += ["--width", str(args.width), "--height", str(args.height), "--steps", str(args.steps)]
+    command += ["--seed", str(args.seed), "--save-blend", str(out / "demo.blend"), "--render-mp4"]
+    command += ["--timeout", "120"]
+    blender = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    lines = blender.stdout.splitlines()
+    summary = max((i for i, line in enumerate(lines) if line == "{"), default=len(lines))
+    print("\n".join(lines[:summary]))  # the Blender process's progress lines; its JSON summary follows
+    if blender.returncode != 0 or summary == len(lines):
+        print(
+            f"frameprompt demo: failed (Blender process above)\n  server log: {out / 'server.log'}",
+            file=sys.stderr,
         )
-    except Exception as error:  # the add-on's own errors carry a message meant for users
-        print(f"frameprompt demo: {error}\n  server log: {out / 'server.log'}", file=sys.stderr)
         return 1
+    paths = json.loads("\n".join(lines[summary:]))
     print(f"frameprompt demo: done in {time.perf_counter() - started:.0f}s")
     for key in ("frames_dir", "video", "blend"):
         print(f"  {key}: {paths.get(key)}")

@@ -100,7 +100,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     if skipped:
         report["settings"]["fvd"]["note"] = skipped
-    with (out / "metrics.csv").open("w", newline="") as handle:
+    with (out / metrics.REPORT_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["clip", "frames", "ssim", "psnr", "lpips"])
         writer.writeheader()
         writer.writerows(report["clips"])

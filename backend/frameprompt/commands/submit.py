@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from frameprompt.errors import FramePromptError, InputError
+from frameprompt_blender.core.frame_names import frame_name
 from frameprompt_blender.wire import protocol as P
 
 IMAGE_SUFFIXES = (".png",)
@@ -60,14 +61,18 @@ def read_pose_folder(path: Path) -> tuple[list[bytes], str, list[str]]:
         )
     jsons = sorted(path.glob("*_keypoints.json"))
     if jsons:
-        return [p.read_bytes() for p in jsons], "openpose_json", [f"{i:04d}.json" for i in range(len(jsons))]
+        return (
+            [p.read_bytes() for p in jsons],
+            "openpose_json",
+            [frame_name(i, ".json") for i in range(len(jsons))],
+        )
     pngs = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not pngs:
         raise InputError(
             f"{path} holds no skeleton frames",
             "pass a folder of OpenPose JSON files (0000_keypoints.json, ...) or skeleton PNGs (0000.png, ...)",
         )
-    return [p.read_bytes() for p in pngs], "png", [f"{i:04d}.png" for i in range(len(pngs))]
+    return [p.read_bytes() for p in pngs], "png", [frame_name(i) for i in range(len(pngs))]
 
 
 def run(args: argparse.Namespace) -> int:

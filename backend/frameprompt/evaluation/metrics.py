@@ -381,14 +381,20 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(iio.imread(path))[..., :3]
 
 
+REPORT_FILE = "metrics.csv"  # marks a report folder of `frameprompt evaluate`, which is never a clip
+
+
 def find_clips(folder: str | os.PathLike) -> dict[str, Path]:
-    """Clip name -> frames location: `<clip>/target/` (a data set), `<clip>/` of frames, or `<clip>.mp4`."""
+    """Clip name -> frames location: `<clip>/target/` (a data set), `<clip>/` of frames, or `<clip>.mp4`.
+
+    Report folders (holding REPORT_FILE, such as the default `<pred>/eval`) are not clips.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
     clips: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or (entry / REPORT_FILE).is_file():
             continue
         if entry.is_dir():
             clips[entry.name] = entry / "target" if (entry / "target").is_dir() else entry

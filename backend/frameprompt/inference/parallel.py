@@ -101,7 +101,7 @@ def enable_context_parallel(pipe, world_size: int) -> None:
 def check_token_split(pipe, height: int, width: int, world_size: int) -> None:
     """Each latent frame's tokens must split evenly over the ranks (diffusers shards the sequence in equal
     parts); then every window length works. Raises InputError (with sizes that work) otherwise."""
-    frames = SequenceLayout.frame_multiple(int(pipe.vae.config.scale_factor_temporal))
+    frames, _ = SequenceLayout.multiples_for(pipe.vae, pipe.transformer)
     layout = SequenceLayout.for_models(frames, height, width, pipe.vae, pipe.transformer)
     per_frame = layout.tokens_per_latent_frame
     if per_frame % world_size:

@@ -42,6 +42,7 @@ from frameprompt.inference.context_cache import (
     extract_context_cache,
     trained_with_context_cache,
 )
+from frameprompt.inference.windows import generate_windows
 from frameprompt.method import SequenceLayout
 from frameprompt.vae_io import decode_target_frames, encode_video
 
@@ -352,11 +353,20 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         frames generated so far as given frames. Returns exactly len(pose_frames) frames. Other
         arguments are those of `__call__` (`generator` is shared by the windows).
         """
-        from frameprompt.inference.windows import generate_long
-
-        return generate_long(
-            self, reference_image, pose_frames, window_frames, overlap_frames, output_type, **kwargs
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(
+                f"generate_long returns pixels: output_type must be pil, np or pt, not {output_type!r}"
+            )
+        video, approximate = generate_windows(
+            self, reference_image, pose_frames, window_frames, overlap_frames, **kwargs
         )
+        if output_type == "np":
+            frames: Any = video
+        elif output_type == "pt":
+            frames = torch.from_numpy(video).permute(0, 1, 4, 2, 3)
+        else:
+            frames = [self.video_processor.numpy_to_pil(video[0])]
+        return FramePromptPipelineOutput(frames=frames, approximate=approximate)
 
     def _cache_mode(self, context_cache: bool | None, allow_approximate: bool) -> tuple[bool, bool, bool]:
         """(block-causal attention, K/V cache, approximate) for this model and request."""

@@ -40,13 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import PIL.Image
-import torch
 
 from frameprompt.errors import LayoutError
 from frameprompt.method import SequenceLayout
 
-if TYPE_CHECKING:
-    from frameprompt.inference.pipeline import FramePromptPipeline, FramePromptPipelineOutput
+if TYPE_CHECKING:  # for annotations only: the pipeline imports this module
+    from frameprompt.inference.pipeline import FramePromptPipeline
 
 
 @dataclass(frozen=True)
@@ -115,30 +114,23 @@ def window_poses(pose_frames: list, window: Window) -> list:
     return [pose_frames[min(window.start + j, last)] for j in range(window.num_frames)]
 
 
-def generate_long(
+def generate_windows(
     pipe: FramePromptPipeline,
     reference_image: PIL.Image.Image | np.ndarray,
     pose_frames: list[PIL.Image.Image] | list[np.ndarray],
     window_frames: int = 40,
     overlap_frames: int = 8,
-    output_type: str = "pil",
     **kwargs: Any,
-) -> FramePromptPipelineOutput:
-    """`FramePromptPipeline.generate_long`: exactly len(pose_frames) frames, window by window.
+) -> tuple[np.ndarray, bool]:
+    """Exactly len(pose_frames) frames, window by window (`FramePromptPipeline.generate_long`).
 
     kwargs go to every window's `pipe(...)` call (prompt, steps, guidance, generator, context_cache,
-    ...). output_type: "pil", "np" ((1, M, H, W, 3) in [0, 1]) or "pt" ((1, M, 3, H, W)).
+    ...). Returns the video, (1, M, H, W, 3) float in [0, 1], and whether any window was approximate.
     """
-    from frameprompt.inference.pipeline import FramePromptPipelineOutput
-
-    if output_type not in ("pil", "np", "pt"):
-        raise ValueError(
-            f"generate_long returns pixels: output_type must be pil, np or pt, not {output_type!r}"
-        )
-    for name in ("given_frames", "return_dict"):
+    for name in ("given_frames", "return_dict", "output_type"):
         if name in kwargs:
             raise TypeError(f"generate_long sets {name} itself")
-    multiple = SequenceLayout.frame_multiple(int(pipe.vae.config.scale_factor_temporal))
+    multiple, _ = SequenceLayout.multiples_for(pipe.vae, pipe.transformer)
     plan = plan_windows(len(pose_frames), window_frames, overlap_frames, multiple)
     frames: list[np.ndarray] = []  # global frames generated so far, (H, W, 3) float in [0, 1]
     approximate = False
@@ -154,11 +146,4 @@ def generate_long(
         )
         frames.extend(out.frames[0][window.new_slice])
         approximate = approximate or out.approximate
-    video = np.stack(frames)[None]  # (1, M, H, W, 3)
-    if output_type == "np":
-        result: Any = video
-    elif output_type == "pt":
-        result = torch.from_numpy(video).permute(0, 1, 4, 2, 3)
-    else:
-        result = [pipe.video_processor.numpy_to_pil(video[0])]
-    return FramePromptPipelineOutput(frames=result, approximate=approximate)
+    return np.stack(frames)[None], approximate

@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from frameprompt import method
+from frameprompt_blender.core.frame_names import frame_name
 
 KINDS = ("concat", "residual")
 
@@ -273,7 +274,7 @@ def predict(
         folder = Path(out) / clip.name
         folder.mkdir(parents=True, exist_ok=True)
         for i, frame in enumerate(frames):
-            PIL.Image.fromarray(frame).save(folder / f"{i:04d}.png")
+            PIL.Image.fromarray(frame).save(folder / frame_name(i))
 
 
 TABLE_ROWS = {

@@ -31,6 +31,9 @@ import numpy as np
 import PIL.Image
 import torch
 
+from frameprompt.method import SequenceLayout
+from frameprompt_blender.core.frame_names import frame_name
+
 # 1.23 M parameters (4 layers x 128 wide); at 64x64, N=8 a clip is 17 latent frames x 64 tokens = 1088
 # tokens, and a batch of 8 costs ~2-3 s per step on 2 CPU threads; see docs/model_card.md
 TRANSFORMER_CONFIG = dict(
@@ -76,17 +79,11 @@ def init_model(vae_dir: str | Path, out: str | Path, seed: int = 0, **overrides)
 
 def build_cache(model: str | Path, data: str | Path, cache_dir: str | Path) -> None:
     from frameprompt.loading import load_pipeline
-    from frameprompt.method import SequenceLayout
     from frameprompt.research.train_vae import framewise
     from frameprompt.training.data import build_latent_cache, load_dataset
 
     pipe = load_pipeline(model, device="cpu")
-    clips = load_dataset(
-        data,
-        temporal_factor=SequenceLayout.frame_multiple(int(pipe.vae.config.scale_factor_temporal)),
-        spatial_multiple=int(pipe.vae.config.scale_factor_spatial)
-        * int(pipe.transformer.config.patch_size[1]),
-    )
+    clips = load_dataset(data, *SequenceLayout.multiples_for(pipe.vae, pipe.transformer))
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -102,7 +99,7 @@ def _save_frames(frames, folder: Path) -> None:
             frame = PIL.Image.fromarray(
                 (np.clip(frame, 0, 1) * 255).round().astype(np.uint8) if frame.dtype != np.uint8 else frame
             )
-        frame.save(folder / f"{i:04d}.png")
+        frame.save(folder / frame_name(i))
 
 
 def predict(
@@ -122,7 +119,7 @@ def predict(
 
     pipe = load_pipeline(model, device="cpu")
     pipe.set_progress_bar_config(disable=True)
-    clips = load_dataset(data, temporal_factor=4, spatial_multiple=8)[:limit]
+    clips = load_dataset(data, *SequenceLayout.multiples_for(pipe.vae, pipe.transformer))[:limit]
     out = Path(out)
     seconds = []
     for clip in clips:
@@ -192,8 +189,8 @@ def region_psnr(data: str | Path, pred: str | Path, radius: int = 5) -> dict:
         if not files:
             continue
         skel = torch.from_numpy(np.stack([np.asarray(im) for im in clip_skeleton_images(clip)])).float()
-        character = (skel.amax(-1) > 0).float()[:, None]
-        character = F.max_pool2d(character, 2 * radius + 1, stride=1, padding=radius)[:, 0].bool().numpy()
+        drawn = (skel.amax(-1) > 0).float()[:, None]
+        character = F.max_pool2d(drawn, 2 * radius + 1, stride=1, padding=radius)[:, 0].bool().numpy()
         gt = np.stack([np.asarray(PIL.Image.open(f).convert("RGB")) for f in clip.target_files]).astype(
             np.float64
         )

@@ -89,7 +89,7 @@ class PipelineRunner:
 
         steps = p.steps or self.default_steps
         generator = torch.Generator(device="cpu").manual_seed(int(p.seed or 0))
-        multiple = SequenceLayout.frame_multiple(int(self.pipe.vae.config.scale_factor_temporal))
+        multiple, _ = SequenceLayout.multiples_for(self.pipe.vae, self.pipe.transformer)
         windows = len(plan_windows(len(job.poses), self.window_frames, self.overlap_frames, multiple))
         total = steps * windows  # progress counts the steps of every window
         done = 0

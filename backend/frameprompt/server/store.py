@@ -34,7 +34,7 @@ from frameprompt_blender.wire.protocol import (
     SubmitRequest,
     check_job_id,
     check_name,
-    frame_name,
+    output_frame_name,
 )
 
 log = logging.getLogger("frameprompt.server")
@@ -193,7 +193,9 @@ class JobStore:
         fds = []
         try:
             for i, data in enumerate(frames):
-                fd = os.open(tmp / frame_name(i, frame_format), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                fd = os.open(
+                    tmp / output_frame_name(i, frame_format), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644
+                )
                 fds.append(fd)
                 view = memoryview(data).cast("B")
                 written = 0

@@ -383,61 +383,11 @@ class Worker(threading.Thread):
         ctx = RunContext(job_id, self.device, cancel, lambda frames: self._send(b"progress", job_id, frames))
         started = time.monotonic()
         try:
-            ctx.check_cancelled()
-            self.store.set_state(job_id, "running", durable=False, device=self.device, started=time.time())
-            self._send(b"started", job_id)
-            ctx.progress("preparing")
-            spec = self._load_spec(job_id)
-            ctx.check_cancelled()
-            t0 = time.monotonic()
-            assert self.runner is not None
-            images = list(self.runner(spec, ctx))
-            model_s = time.monotonic() - t0
-            ctx.check_cancelled()
-            if len(images) != spec.num_frames:
-                raise FramePromptError(
-                    f"the model returned {len(images)} frames for {spec.num_frames} poses",
-                    "check the server log",
-                )
-            ctx.progress("saving", 0, len(images))
-            t1 = time.monotonic()
-            fmt = spec.result_format
-            frames, width, height = encode_frames(images, fmt, self.limits)
-            t2 = time.monotonic()
-            meta = {
-                "seed": spec.params.seed,
-                "num_frames": len(frames),
-                "width": width,
-                "height": height,
-                "steps": spec.params.steps,
-                "device": self.device,
-                "frame_format": fmt,
-                # model_s: the runner's call, including decoding the inputs it read (decode_s of it)
-                "model_s": round(model_s, 4),
-                "decode_s": round(spec.decode_seconds, 4),
-                "encode_s": round(t2 - t1, 4),
-            }
-            meta["total_s"] = round(t2 - started, 4)
-            # The result goes out first and is made durable while it travels: writing ~100 MB with fsync
-            # would otherwise sit between the model and the client. The job becomes "done" only once its
-            # outputs are on disk; a crash in between leaves it "interrupted" (re-submittable), while the
-            # client already holds the frames. Fetches that arrive meanwhile are answered on "stored".
-            result = P.build_result(job_id, frames, meta, frame_format=fmt, width=width, height=height)
-            self._send(b"final", job_id, result)
-            log.info(
-                "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
-            )
-            assert self._storer is not None
-            self._storer.submit(self._store_result, job_id, frames, fmt, meta).result()
+            spec = self._begin_job(job_id, ctx)
+            images, model_s = self._run_model(spec, ctx)
+            self._deliver(spec, ctx, images, model_s, started)
         except JobCancelled:
-            if self.stop_event.is_set():
-                log.info("job %s interrupted by the server stopping", job_id)
-                self._fail(
-                    job_id, "interrupted", "interrupted", "the server stopped while this job was running"
-                )
-            else:
-                log.info("job %s cancelled", job_id)
-                self._fail(job_id, "cancelled", "cancelled", "the job was cancelled")
+            self._fail_cancelled(job_id)
         except P.ProtocolError as exc:
             log.info("job %s rejected: %s", job_id, exc.message)
             self._fail(job_id, "failed", exc.code, exc.message, exc.hint)
@@ -447,25 +397,113 @@ class Worker(threading.Thread):
         except BaseException as exc:  # noqa: BLE001 - the worker must survive anything a job does
             if is_out_of_memory(exc):
                 log.warning("job %s: out of memory on %s: %s", job_id, self.device, str(exc)[:200])
+                # The traceback's frames still hold the job's tensors; drop this reference before freeing.
                 del exc
-                free_memory()
-                recover = getattr(self.runner, "recover", None)
-                if callable(recover):
-                    try:
-                        recover()
-                    except Exception:  # noqa: BLE001
-                        log.exception("runner.recover() failed")
-                self._fail(job_id, "failed", "out_of_memory", f"out of memory on {self.device}", OOM_HINT)
+                self._recover_from_oom(job_id)
             elif isinstance(exc, KeyboardInterrupt | SystemExit):
                 raise
             else:
-                log.error("job %s crashed:\n%s", job_id, "".join(traceback.format_exception(exc)))
-                self._fail(
-                    job_id,
-                    "failed",
-                    "internal_error",
-                    f"the job crashed: {type(exc).__name__}: {str(exc)[:300]}",
-                )
+                self._fail_crashed(job_id, exc)
+
+    def _begin_job(self, job_id: str, ctx: RunContext) -> JobSpec:
+        """Mark the job running and load its inputs; a job cancelled while queued never starts."""
+        ctx.check_cancelled()
+        self.store.set_state(job_id, "running", durable=False, device=self.device, started=time.time())
+        self._send(b"started", job_id)
+        ctx.progress("preparing")
+        spec = self._load_spec(job_id)
+        ctx.check_cancelled()
+        return spec
+
+    def _run_model(self, spec: JobSpec, ctx: RunContext) -> tuple[list[Any], float]:
+        """The runner's frames and the seconds it took; the runner reports progress and polls `ctx`."""
+        t0 = time.monotonic()
+        assert self.runner is not None
+        images = list(self.runner(spec, ctx))
+        model_s = time.monotonic() - t0
+        ctx.check_cancelled()
+        if len(images) != spec.num_frames:
+            raise FramePromptError(
+                f"the model returned {len(images)} frames for {spec.num_frames} poses",
+                "check the server log",
+            )
+        return images, model_s
+
+    def _deliver(
+        self, spec: JobSpec, ctx: RunContext, images: Sequence[Any], model_s: float, started: float
+    ) -> None:
+        """Encode the frames, send them to the client, then store them."""
+        job_id, fmt = spec.job_id, spec.result_format
+        ctx.progress("saving", 0, len(images))
+        t1 = time.monotonic()
+        frames, width, height = encode_frames(images, fmt, self.limits)
+        t2 = time.monotonic()
+        meta = self._result_meta(spec, len(frames), width, height, model_s, t2 - t1, t2 - started)
+        # The result goes out first and is made durable while it travels: writing ~100 MB with fsync
+        # would otherwise sit between the model and the client. The job becomes "done" only once its
+        # outputs are on disk; a crash in between leaves it "interrupted" (re-submittable), while the
+        # client already holds the frames. Fetches that arrive meanwhile are answered on "stored".
+        result = P.build_result(job_id, frames, meta, frame_format=fmt, width=width, height=height)
+        self._send(b"final", job_id, result)
+        log.info(
+            "job %s done: %d frames in %.2fs (model %.2fs)", job_id, len(frames), meta["total_s"], model_s
+        )
+        assert self._storer is not None
+        self._storer.submit(self._store_result, job_id, frames, fmt, meta).result()
+
+    def _result_meta(
+        self,
+        spec: JobSpec,
+        num_frames: int,
+        width: int,
+        height: int,
+        model_s: float,
+        encode_s: float,
+        total_s: float,
+    ) -> dict[str, Any]:
+        return {
+            "seed": spec.params.seed,
+            "num_frames": num_frames,
+            "width": width,
+            "height": height,
+            "steps": spec.params.steps,
+            "device": self.device,
+            "frame_format": spec.result_format,
+            # model_s: the runner's call, including decoding the inputs it read (decode_s of it)
+            "model_s": round(model_s, 4),
+            "decode_s": round(spec.decode_seconds, 4),
+            "encode_s": round(encode_s, 4),
+            "total_s": round(total_s, 4),
+        }
+
+    def _fail_cancelled(self, job_id: str) -> None:
+        # Stopping the server cancels running jobs too; those are re-submittable, not cancelled by the user.
+        if self.stop_event.is_set():
+            log.info("job %s interrupted by the server stopping", job_id)
+            self._fail(job_id, "interrupted", "interrupted", "the server stopped while this job was running")
+        else:
+            log.info("job %s cancelled", job_id)
+            self._fail(job_id, "cancelled", "cancelled", "the job was cancelled")
+
+    def _recover_from_oom(self, job_id: str) -> None:
+        """Free the failed job's memory and let the runner reset, so the worker keeps serving."""
+        free_memory()
+        recover = getattr(self.runner, "recover", None)
+        if callable(recover):
+            try:
+                recover()
+            except Exception:  # noqa: BLE001
+                log.exception("runner.recover() failed")
+        self._fail(job_id, "failed", "out_of_memory", f"out of memory on {self.device}", OOM_HINT)
+
+    def _fail_crashed(self, job_id: str, exc: BaseException) -> None:
+        log.error("job %s crashed:\n%s", job_id, "".join(traceback.format_exception(exc)))
+        self._fail(
+            job_id,
+            "failed",
+            "internal_error",
+            f"the job crashed: {type(exc).__name__}: {str(exc)[:300]}",
+        )
 
     def _load_spec(self, job_id: str) -> JobSpec:
         rec = self.store.get(job_id)

@@ -40,6 +40,7 @@ from frameprompt_blender.core.dataset_format import (
     TARGET_DIR,
     write_meta,
 )
+from frameprompt_blender.core.frame_names import frame_name, pose_file_name
 
 CACHE_MANIFEST = "manifest.json"
 NULL_TEXT_FILE = "null_text.safetensors"
@@ -483,17 +484,17 @@ def write_clip(
     (folder / TARGET_DIR).mkdir(parents=True, exist_ok=True)
     reference.save(folder / REFERENCE_FILE)
     for i, frame in enumerate(targets):
-        frame.save(folder / TARGET_DIR / f"{i:04d}.png")
+        frame.save(folder / TARGET_DIR / frame_name(i))
     if skeletons is not None:
         (folder / SKELETON_DIR).mkdir(exist_ok=True)
         for i, frame in enumerate(skeletons):
-            frame.save(folder / SKELETON_DIR / f"{i:04d}.png")
+            frame.save(folder / SKELETON_DIR / frame_name(i))
     if poses is not None:
         from frameprompt_blender.core.openpose_json import write_pose_json
 
         (folder / POSE_DIR).mkdir(exist_ok=True)
         for i, pose in enumerate(poses):
-            write_pose_json(folder / POSE_DIR / f"{i:04d}_keypoints.json", pose)
+            write_pose_json(folder / POSE_DIR / pose_file_name(i), pose)
     write_meta(folder, reference.width, reference.height, len(targets), fps, source, prompt)
     return folder
 

@@ -35,6 +35,7 @@ from frameprompt.errors import FramePromptError, IncompatibleModelError
 from frameprompt.method import SequenceLayout
 from frameprompt.training.data import (
     CachedClips,
+    ClipInfo,
     LatentCache,
     build_latent_cache,
     load_dataset,
@@ -93,7 +94,8 @@ class TrainConfig:
     gradient_checkpointing: bool = True
     cache_dir: str | None = None  # default: <out>/latent_cache
     latent_zero_condition: bool = False
-    context_cache: bool = False  # block-causal attention + per-token timesteps (issue 8)
+    # block-causal attention + per-token timesteps, so the model can later run with a reused context KV cache
+    context_cache: bool = False
     num_workers: int = 0
     progress: bool = True
 
@@ -222,6 +224,25 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class _LoopState:
+    """Where the training loop stands; `step` counts optimizer steps, `micro_step` micro-batches."""
+
+    step: int
+    micro_step: int
+    epoch: int
+    batches_per_epoch: int
+    started: float = 0.0  # time.perf_counter() when the loop began, for the log's seconds
+    accumulated: float = 0.0  # loss summed over the current accumulation group
+    losses: list[float] = field(default_factory=list)
+
+    def resume_epoch(self) -> int:
+        """The epoch a run resumed here continues in: the next one once this epoch's batches are used up."""
+        if self.micro_step - self.epoch * self.batches_per_epoch >= self.batches_per_epoch:
+            return self.epoch + 1
+        return self.epoch
+
+
 class Trainer:
     """Builds everything from a `TrainConfig`; `run()` trains and writes the result."""
 
@@ -257,28 +278,41 @@ class Trainer:
         c = self.config
         if c.loss not in ("target", "all"):
             raise ValueError(f"--loss must be 'target' or 'all', got {c.loss!r}")
-        self.accelerator = acc = self._accelerator()
+        self.accelerator = self._accelerator()
         set_seed(c.seed)
         self.out.mkdir(parents=True, exist_ok=True)
-        pipe = self._load_pipeline(acc.device)
-        temporal = int(pipe.vae.config.scale_factor_temporal)
-        if hasattr(SequenceLayout, "frame_multiple"):
-            temporal = SequenceLayout.frame_multiple(temporal)
-        clips = load_dataset(
-            c.data,
-            temporal_factor=temporal,
-            spatial_multiple=int(pipe.vae.config.scale_factor_spatial)
-            * int(pipe.transformer.config.patch_size[1]),
+        pipe = self._load_pipeline(self.accelerator.device)
+        self.cache: LatentCache = self._build_cache(pipe, self._load_clips(pipe))
+        self.layout = SequenceLayout.for_models(
+            self.cache.num_frames, self.cache.height, self.cache.width, pipe.vae, pipe.transformer
         )
-        if len(clips) < c.batch_size * acc.num_processes:
+        # Taken before LoRA or training touch the weights: it identifies the base model on resume.
+        self.base_fingerprint = module_fingerprint(pipe.transformer)
+        self.pipe = pipe
+        self._offload_frozen_encoders(pipe)
+        transformer = self._prepare_transformer(pipe.transformer)
+        self.trainable = [p for p in transformer.parameters() if p.requires_grad]
+        self._prepare_with_accelerator(transformer)
+        self._setup_ema()
+
+    def _load_clips(self, pipe: Any) -> list[ClipInfo]:
+        """The data set, validated against the VAE's frame and pixel multiples; at least one batch."""
+        acc = self.accelerator
+        clips = load_dataset(self.config.data, *SequenceLayout.multiples_for(pipe.vae, pipe.transformer))
+        if len(clips) < self.config.batch_size * acc.num_processes:
             raise FramePromptError(
                 f"the data set has {len(clips)} clip(s), fewer than one batch "
-                f"({c.batch_size} x {acc.num_processes} process(es))",
+                f"({self.config.batch_size} x {acc.num_processes} process(es))",
                 "render more clips or lower --batch-size",
             )
+        return clips
+
+    def _build_cache(self, pipe: Any, clips: list[ClipInfo]) -> LatentCache:
+        c, acc = self.config, self.accelerator
         cache_dir = Path(c.cache_dir) if c.cache_dir else self.out / "latent_cache"
+        # The main process encodes and writes the cache first; the others then read what it wrote.
         with acc.main_process_first():
-            cache = build_latent_cache(
+            return build_latent_cache(
                 pipe,
                 clips,
                 cache_dir,
@@ -286,69 +320,97 @@ class Trainer:
                 progress=self._bar("encoding clips") if acc.is_main_process else None,
                 write=acc.is_main_process,
             )
-        self.cache: LatentCache = cache
-        self.layout = SequenceLayout.for_models(
-            cache.num_frames, cache.height, cache.width, pipe.vae, pipe.transformer
-        )
-        self.base_fingerprint = module_fingerprint(pipe.transformer)
-        self.pipe = pipe
-        # The frozen encoders are done: free their memory, only the transformer trains.
+
+    @staticmethod
+    def _offload_frozen_encoders(pipe: Any) -> None:
+        # Their work went into the latent cache: free their memory, only the transformer trains.
         pipe.vae.to("cpu")
         for name in ("image_encoder", "text_encoder"):
             module = getattr(pipe, name, None)
             if module is not None:
                 module.to("cpu")
 
-        transformer = pipe.transformer
+    def _prepare_transformer(self, transformer: Any) -> Any:
+        """Trainable weights (all of them, or LoRA adapters), attention mode, checkpointing, train mode."""
+        c = self.config
         transformer.requires_grad_(False)
         if c.full:
-            if transformer.dtype != torch.float32:
-                transformer.to(torch.float32)
-            transformer.requires_grad_(True)
+            self._make_fully_trainable(transformer)
         else:
-            add_lora(transformer, rank=c.lora_rank, alpha=c.lora_alpha)
-            for param in transformer.parameters():
-                if param.requires_grad:
-                    param.data = param.data.float()
+            self._add_trainable_lora(transformer)
         if c.context_cache:
             self._enable_context_cache(transformer)
         if c.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
-        self.trainable = [p for p in transformer.parameters() if p.requires_grad]
+        return transformer
 
-        optimizer = torch.optim.AdamW(self.trainable, lr=c.lr, weight_decay=c.weight_decay)
+    @staticmethod
+    def _make_fully_trainable(transformer: torch.nn.Module) -> None:
+        # Full training keeps float32 master weights: bf16 updates would round small steps away.
+        if transformer.dtype != torch.float32:
+            transformer.to(torch.float32)
+        transformer.requires_grad_(True)
+
+    def _add_trainable_lora(self, transformer: torch.nn.Module) -> None:
+        add_lora(transformer, rank=self.config.lora_rank, alpha=self.config.lora_alpha)
+        # The frozen base may be bf16; the adapters train in float32 for the same rounding reason.
+        for param in transformer.parameters():
+            if param.requires_grad:
+                param.data = param.data.float()
+
+    def _prepare_with_accelerator(self, transformer: torch.nn.Module) -> None:
+        """Optimizer, LR schedule and data loader, wrapped by accelerate together with the model."""
+        acc = self.accelerator
+        optimizer = torch.optim.AdamW(
+            self.trainable, lr=self.config.lr, weight_decay=self.config.weight_decay
+        )
+        scheduler = self._lr_scheduler(optimizer)
+        loader = self._data_loader()
+        self.transformer, self.optimizer, self.loader, self.scheduler = acc.prepare(
+            transformer, optimizer, loader, scheduler
+        )
+        if not self.config.full:
+            # LoRA checkpoints hold the adapters only, not a copy of the frozen base.
+            acc.register_save_state_pre_hook(self._save_lora_hook)
+            acc.register_load_state_pre_hook(self._load_lora_hook)
+
+    def _lr_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
         from diffusers.optimization import get_scheduler
 
-        scheduler = get_scheduler(
+        c, processes = self.config, self.accelerator.num_processes
+        # accelerate steps a prepared scheduler once per process for every optimizer step.
+        return get_scheduler(
             c.lr_scheduler,
             optimizer,
-            num_warmup_steps=c.warmup_steps * acc.num_processes,
-            num_training_steps=c.max_steps * acc.num_processes,
+            num_warmup_steps=c.warmup_steps * processes,
+            num_training_steps=c.max_steps * processes,
         )
-        self.sampler = EpochPermutation(len(cache.names), c.seed)
-        loader = torch.utils.data.DataLoader(
-            CachedClips(cache),
+
+    def _data_loader(self) -> torch.utils.data.DataLoader:
+        c = self.config
+        self.sampler = EpochPermutation(len(self.cache.names), c.seed)
+        return torch.utils.data.DataLoader(
+            CachedClips(self.cache),
             batch_size=c.batch_size,
             sampler=self.sampler,
             collate_fn=_collate,
             num_workers=c.num_workers,
             drop_last=True,
         )
-        self.transformer, self.optimizer, self.loader, self.scheduler = acc.prepare(
-            transformer, optimizer, loader, scheduler
-        )
-        if not c.full:
-            acc.register_save_state_pre_hook(self._save_lora_hook)
-            acc.register_load_state_pre_hook(self._load_lora_hook)
-        self.ema = None
-        if c.ema_decay > 0:
-            if not c.full:
-                raise FramePromptError("--ema-decay needs --full", "drop --ema-decay for LoRA training")
-            from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(self.trainable, decay=c.ema_decay, foreach=False)
-            acc.register_for_checkpointing(self.ema)
+    def _setup_ema(self) -> None:
+        c = self.config
+        self.ema = None
+        if c.ema_decay <= 0:
+            return
+        if not c.full:
+            raise FramePromptError("--ema-decay needs --full", "drop --ema-decay for LoRA training")
+        from diffusers.training_utils import EMAModel
+
+        self.ema = EMAModel(self.trainable, decay=c.ema_decay, foreach=False)
+        # Saved and restored with every checkpoint, so a resumed average continues exactly.
+        self.accelerator.register_for_checkpointing(self.ema)
 
     def _enable_context_cache(self, transformer) -> None:
         try:
@@ -592,100 +654,133 @@ class Trainer:
     # ---- loop -----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self._setup()
-        c, acc = self.config, self.accelerator
-        step = micro_step = epoch = 0
-        if c.resume:
-            step, micro_step, epoch = self._resume()
-        if acc.is_main_process:
-            self._open_log(step)
-        batches_per_epoch = len(self.loader)
-        if batches_per_epoch == 0:
-            raise FramePromptError("the data loader yields no batch", "lower --batch-size")
-        skip = micro_step - epoch * batches_per_epoch
-        losses: list[float] = []
-
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=c.max_steps,
-            initial=step,
-            desc="finetune",
-            disable=not (c.progress and acc.is_main_process),
-            dynamic_ncols=True,
-        )
-        started = time.perf_counter()
-        accumulated = 0.0
-        while step < c.max_steps:
-            self.sampler.use_epoch(epoch)
-            loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
-            for batch in loader:
-                generator = _micro_batch_generator(c.seed, micro_step, acc.process_index)
-                with acc.accumulate(self.transformer):
-                    loss, sigmas = training_loss(
-                        self.transformer,
-                        batch,
-                        self.layout,
-                        generator,
-                        loss_mode=c.loss,
-                        flow_shift=c.flow_shift,
-                        per_token_timesteps=c.context_cache,
-                        objective=c.objective,
-                    )
-                    if not torch.isfinite(loss):
-                        raise FramePromptError(
-                            f"the loss became {loss.item()} at step {step + 1}",
-                            "lower --learning-rate, or resume from the last checkpoint",
-                        )
-                    acc.backward(loss)
-                    if acc.sync_gradients and c.max_grad_norm > 0:
-                        acc.clip_grad_norm_(self.trainable, c.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    if self.ema is not None and acc.sync_gradients:
-                        self.ema.step(self.trainable)
-                micro_step += 1
-                accumulated += (
-                    acc.gather(loss.detach().float().reshape(1)).mean().item() / c.gradient_accumulation_steps
-                )
-                if not acc.sync_gradients:
-                    continue
-                step += 1
-                losses.append(accumulated)
-                if acc.is_main_process:
-                    self._log(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "loss": f"{accumulated:.6g}",
-                            "lr": f"{self.scheduler.get_last_lr()[0]:.6g}",
-                            "sigma_mean": f"{sigmas.mean().item():.4f}",
-                            "seconds": f"{time.perf_counter() - started:.2f}",
-                        }
-                    )
-                bar.set_postfix(loss=f"{accumulated:.4f}")
-                bar.update()
-                accumulated = 0.0
-                if step % c.checkpoint_every == 0 or step == c.max_steps:
-                    # the checkpoint records where the data order continues
-                    next_epoch = (
-                        epoch + 1 if micro_step - epoch * batches_per_epoch >= batches_per_epoch else epoch
-                    )
-                    self.save_checkpoint(step, micro_step, next_epoch)
-                    if acc.is_main_process:
-                        self.plot_losses()
-                if step >= c.max_steps:
-                    break
-            else:
-                epoch += 1
-                skip = 0
-                continue
-            break
+        acc = self.accelerator
+        step, micro_step, epoch = self._starting_point()
+        loop = _LoopState(step, micro_step, epoch, self._batches_per_epoch())
+        # A resumed run continues mid-epoch: skip the batches of this epoch it has already trained on.
+        skip = loop.micro_step - loop.epoch * loop.batches_per_epoch
+        bar = self._progress_bar(loop.step)
+        loop.started = time.perf_counter()
+        while loop.step < self.config.max_steps:
+            if self._train_epoch(loop, skip, bar):
+                break
+            loop.epoch += 1
+            skip = 0
         bar.close()
-        output = self._write_result(step)
+        output = self._write_result(loop.step)
         plot = self.plot_losses() if acc.is_main_process else None
         acc.end_training()
-        return TrainResult(output, step, losses, self.out / LOG_FILE, plot, acc.is_main_process)
+        return TrainResult(output, loop.step, loop.losses, self.out / LOG_FILE, plot, acc.is_main_process)
+
+    def _starting_point(self) -> tuple[int, int, int]:
+        """(step, micro_step, epoch) to start from: zeros, or the latest checkpoint's with --resume."""
+        step = micro_step = epoch = 0
+        if self.config.resume:
+            step, micro_step, epoch = self._resume()
+        if self.accelerator.is_main_process:
+            self._open_log(step)
+        return step, micro_step, epoch
+
+    def _batches_per_epoch(self) -> int:
+        batches = len(self.loader)
+        if batches == 0:
+            raise FramePromptError("the data loader yields no batch", "lower --batch-size")
+        return batches
+
+    def _progress_bar(self, initial: int) -> Any:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        return tqdm(
+            total=c.max_steps,
+            initial=initial,
+            desc="finetune",
+            disable=not (c.progress and self.accelerator.is_main_process),
+            dynamic_ncols=True,
+        )
+
+    def _train_epoch(self, loop: _LoopState, skip: int, bar: Any) -> bool:
+        """Train on the rest of `loop.epoch` after its first `skip` batches; True once max_steps is done."""
+        acc = self.accelerator
+        self.sampler.use_epoch(loop.epoch)
+        loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
+        for batch in loader:
+            loss, sigmas = self._train_micro_batch(batch, loop)
+            loop.micro_step += 1
+            loop.accumulated += self._mean_loss(loss) / self.config.gradient_accumulation_steps
+            if not acc.sync_gradients:  # mid-accumulation: the optimizer step is not done yet
+                continue
+            loop.step += 1
+            loop.losses.append(loop.accumulated)
+            self._log_step(loop, sigmas)
+            bar.set_postfix(loss=f"{loop.accumulated:.4f}")
+            bar.update()
+            loop.accumulated = 0.0
+            self._maybe_checkpoint(loop)
+            if loop.step >= self.config.max_steps:
+                return True
+        return False
+
+    def _train_micro_batch(
+        self, batch: dict[str, torch.Tensor], loop: _LoopState
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward on one micro-batch; accelerate applies the update on the last of each
+        accumulation group. Returns (loss, sigmas)."""
+        c, acc = self.config, self.accelerator
+        # Seeded by the micro-batch index, not drawn from a running generator: a resumed run gets the
+        # same noise as an uninterrupted one.
+        generator = _micro_batch_generator(c.seed, loop.micro_step, acc.process_index)
+        with acc.accumulate(self.transformer):
+            loss, sigmas = training_loss(
+                self.transformer,
+                batch,
+                self.layout,
+                generator,
+                loss_mode=c.loss,
+                flow_shift=c.flow_shift,
+                per_token_timesteps=c.context_cache,
+                objective=c.objective,
+            )
+            if not torch.isfinite(loss):
+                raise FramePromptError(
+                    f"the loss became {loss.item()} at step {loop.step + 1}",
+                    "lower --learning-rate, or resume from the last checkpoint",
+                )
+            acc.backward(loss)
+            if acc.sync_gradients and c.max_grad_norm > 0:
+                acc.clip_grad_norm_(self.trainable, c.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None and acc.sync_gradients:
+                self.ema.step(self.trainable)
+        return loss, sigmas
+
+    def _mean_loss(self, loss: torch.Tensor) -> float:
+        """The micro-batch loss averaged over all processes, so every process logs the same value."""
+        return self.accelerator.gather(loss.detach().float().reshape(1)).mean().item()
+
+    def _log_step(self, loop: _LoopState, sigmas: torch.Tensor) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self._log(
+            {
+                "step": loop.step,
+                "epoch": loop.epoch,
+                "loss": f"{loop.accumulated:.6g}",
+                "lr": f"{self.scheduler.get_last_lr()[0]:.6g}",
+                "sigma_mean": f"{sigmas.mean().item():.4f}",
+                "seconds": f"{time.perf_counter() - loop.started:.2f}",
+            }
+        )
+
+    def _maybe_checkpoint(self, loop: _LoopState) -> None:
+        c = self.config
+        if loop.step % c.checkpoint_every != 0 and loop.step != c.max_steps:
+            return
+        self.save_checkpoint(loop.step, loop.micro_step, loop.resume_epoch())
+        if self.accelerator.is_main_process:
+            self.plot_losses()
 
 
 def train(config: TrainConfig) -> TrainResult:
