@@ -1,7 +1,7 @@
 """The add-on never imports torch, diffusers, transformers or the backend package (`frameprompt`).
 
-Runs in a fresh interpreter: imports every add-on module, enables the add-on, draws the panel and, when
-engineer A's demo scene exists, exports a job folder; then inspects sys.modules.
+Runs in a fresh interpreter: imports every add-on module, enables the add-on, draws the panel and
+exports a job folder of the demo scene; then inspects sys.modules.
 """
 
 from __future__ import annotations

@@ -63,16 +63,9 @@ def empty_scene(addon):
     yield scene
 
 
-def _skip_unless(module: str, who: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} ({who}) has not landed yet")
-
-
 @pytest.fixture
 def demo_scene(addon):
-    """Engineer A's procedural demo (humanoid mesh + armature + camera + light + action), tiny renders."""
-    _skip_unless("frameprompt_blender.blender.demo_scene", "engineer A, issue 3")
-    _skip_unless("frameprompt_blender.blender.skeleton", "engineer A, issue 3")
+    """The procedural demo (humanoid mesh + armature + camera + light + action), tiny renders."""
     from frameprompt_blender.blender.demo_scene import build_demo_scene
 
     bpy.ops.wm.read_homefile(use_empty=True)
@@ -119,13 +112,12 @@ def _backend_missing(py: str) -> str:
     if out.returncode:
         return f"backend python {py} failed: {out.stderr[-300:]}"
     missing = out.stdout.strip()
-    return f"backend modules not landed yet: {missing}" if missing else ""
+    return f"backend modules missing in that environment: {missing}" if missing else ""
 
 
 @pytest.fixture(scope="session")
 def tiny_server(tmp_path_factory):
     """A real `frameprompt serve` on loopback with the tiny random-weight model; yields its address."""
-    _skip_unless("frameprompt_blender.wire.client", "engineer B, issue 4")
     py = backend_python()
     if py is None:
         pytest.skip("no Python with torch + frameprompt to run the backend (set FRAMEPROMPT_BACKEND_PYTHON)")

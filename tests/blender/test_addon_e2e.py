@@ -2,7 +2,7 @@
 
 - synthetic inputs (a reference PNG + skeleton PNGs) through the blocking path and through the UI path
   (the timer callback driven by hand: timers never fire in background mode), cancel, backend absent;
-- the demo scene through the animate operator and the batch entry (needs engineer A's demo scene).
+- the demo scene through the animate operator and the batch entry.
 """
 
 from __future__ import annotations
