@@ -36,6 +36,28 @@ def test_loss_and_gradients(kind):
         assert model.pose_encoder.net[-1].weight.grad.abs().sum() > 0  # the pose path learns
 
 
+@pytest.mark.parametrize("kind", baselines.KINDS)
+def test_a_baseline_started_from_an_i2v_model_is_that_model_at_step_0(kind, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(1)
+    i2v = WanTransformer3DModel(**{**CONFIG, "in_channels": 33, "out_channels": 16}).eval()
+    i2v.save_pretrained(tmp_path / "stage1" / "transformer")
+    model = baselines.BaselineModel(kind, CONFIG).eval()
+    baselines.load_pretrained_i2v(model, tmp_path / "stage1")
+    x0, cond, pose = baselines.split_cached(_batch(), 4)
+    t, text = torch.tensor([500.0, 500.0]), torch.zeros(2, 1, 8)
+    mask = torch.zeros_like(x0[:, :1])
+    mask[:, :, 0] = 1
+    with torch.no_grad():
+        expected = i2v(
+            hidden_states=torch.cat([x0, mask, cond], 1), timestep=t, encoder_hidden_states=text,
+            return_dict=False,
+        )[0]  # fmt: skip
+        got = model(x0, cond, pose, t, text)
+    torch.testing.assert_close(got, expected)
+
+
 def test_residual_starts_as_plain_i2v_and_the_pose_matters_after_a_change():
     torch.manual_seed(0)
     model = baselines.BaselineModel("residual", CONFIG)

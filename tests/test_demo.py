@@ -40,6 +40,10 @@ def test_demo_runs_the_whole_path_headless(tmp_path):
     assert len(list((out / "pose").glob("*_keypoints.json"))) == 4 and (out / "reference.png").is_file()
     videos = list(out.glob("*.mp4"))
     assert len(videos) == 1 and imageio.get_reader(videos[0]).count_frames() == 4
+    import PIL.Image
+
+    grid = PIL.Image.open(out / "grid.png")  # reference + 4 skeletons over 4 frames, 4x up
+    assert grid.size == (5 * 64 * 4, 2 * 64 * 4)
 
     # The saved .blend holds an image strip with the 4 result frames.
     probe = (

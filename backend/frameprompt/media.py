@@ -104,3 +104,14 @@ def write_video(frames: list[PIL.Image.Image], path: str | os.PathLike, fps: int
         for frame in frames:
             writer.append_data(np.asarray(frame.convert("RGB")))  # type: ignore[attr-defined]
     return path
+
+
+def contact_sheet(rows: Sequence[Sequence[PIL.Image.Image]], scale: int = 1) -> PIL.Image.Image:
+    """Rows of equally sized images pasted into one picture (black where a row is short), scaled
+    up `scale` times with nearest-neighbour so small frames stay crisp."""
+    w, h = rows[0][0].size
+    sheet = PIL.Image.new("RGB", (max(len(r) for r in rows) * w, len(rows) * h))
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            sheet.paste(image.convert("RGB"), (j * w, i * h))
+    return sheet.resize((sheet.width * scale, sheet.height * scale), PIL.Image.Resampling.NEAREST)

@@ -126,7 +126,24 @@ def _animate(args: argparse.Namespace, out: Path, address: str, server: subproce
         )
         return 1
     paths = json.loads("\n".join(lines[summary:]))
+    paths["grid"] = str(_write_grid(out))
     print(f"frameprompt demo: done in {time.perf_counter() - started:.0f}s")
-    for key in ("frames_dir", "video", "blend"):
+    for key in ("frames_dir", "video", "blend", "grid"):
         print(f"  {key}: {paths.get(key)}")
     return 0
+
+
+def _write_grid(out: Path) -> Path:
+    """out/grid.png: the reference and the skeletons on top, the generated frames below them."""
+    import PIL.Image
+
+    from frameprompt.media import contact_sheet
+
+    reference = PIL.Image.open(out / "reference.png")
+    skeletons = [PIL.Image.open(p) for p in sorted((out / "skeleton").glob("*.png"))]
+    frames = [PIL.Image.open(p) for p in sorted((out / "frames").glob("*.png"))]
+    blank = PIL.Image.new("RGB", reference.size)
+    scale = max(1, 256 // max(reference.size))
+    path = out / "grid.png"
+    contact_sheet([[reference, *skeletons], [blank, *frames]], scale).save(path)
+    return path

@@ -121,6 +121,18 @@ class BaselineModel(nn.Module):
             self._pose_features = None
 
 
+def load_pretrained_i2v(model: BaselineModel, pipeline_dir: str | Path) -> None:
+    """Start `model` from the I2V transformer of `pipeline_dir`; extra input channels start at zero."""
+    pretrained = WanTransformer3DModel.from_pretrained(pipeline_dir, subfolder="transformer").state_dict()
+    own = model.transformer.state_dict()
+    key = "patch_embedding.weight"
+    if own[key].shape != pretrained[key].shape:  # concat: (dim, 49, ...) from (dim, 33, ...)
+        widened = torch.zeros_like(own[key])
+        widened[:, : pretrained[key].shape[1]] = pretrained[key]
+        pretrained[key] = widened
+    model.transformer.load_state_dict(pretrained, strict=True)
+
+
 def split_cached(batch: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, ...]:
     """FramePrompt cache item -> (I2V x0 [ref | targets], I2V condition, skeleton latents)."""
     x0, cond = batch["x0"], batch["condition"]
@@ -166,8 +178,13 @@ def train_baseline(
     seed: int = 0,
     checkpoint_every: int = 100,
     resume: bool = False,
+    init: str | Path | None = None,
 ) -> Path:
-    """Train a baseline on the FramePrompt latent cache with the default model's transformer size."""
+    """Train a baseline on the FramePrompt latent cache with the default model's transformer size.
+
+    `init`: a pipeline folder (e.g. the Stage-1 image-to-video model) whose transformer the baseline
+    starts from, as Fun-Control and UniAnimate-DiT start from a pretrained I2V model; the skeleton
+    channels that `concat` adds start at zero, so step 0 is exactly that I2V model."""
     from frameprompt.training.data import CachedClips, LatentCache
 
     out = Path(out)
@@ -181,6 +198,8 @@ def train_baseline(
     data = CachedClips(cache)
     torch.manual_seed(seed)
     model = BaselineModel(kind, transformer_config, z_dim=transformer_config["out_channels"])
+    if init is not None:
+        load_pretrained_i2v(model, init)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     step = 0
     if resume and (out / "checkpoint" / "state.json").is_file():
@@ -297,19 +316,22 @@ def results_table(table_dir: str | Path) -> str:
         if not (folder / "metrics.json").is_file():
             return None
         means = json.loads((folder / "metrics.json").read_text())
-        region = folder / "region.json"
-        character = json.loads(region.read_text())["character_psnr"] if region.is_file() else None
+        region_file = folder / "region.json"
+        # `default_model region` writes {prediction folder name: values}
+        region = next(iter(json.loads(region_file.read_text()).values())) if region_file.is_file() else {}
 
         def fmt(value: float | None, digits: int) -> str:
             return "n/a" if value is None else f"{value:.{digits}f}"
 
-        cells = [fmt(means["ssim"], 4), fmt(means["psnr"], 2), fmt(character, 2)]
+        cells = [fmt(means["ssim"], 4), fmt(means["psnr"], 2)]
+        cells += [fmt(region.get(f"{k}_psnr"), 2) for k in ("moving", "static", "character")]
         cells += [fmt(means["lpips"], 4), fmt(means["fvd"], 1)]
         return f"| {label} | {steps} | " + " | ".join(cells) + " |"
 
     lines = [
-        "| method | steps | SSIM ↑ | PSNR (dB) ↑ | character PSNR (dB) ↑ | LPIPS ↓ | FVD ↓ |",
-        "|---|---|---|---|---|---|---|",
+        "| method | steps | SSIM ↑ | PSNR (dB) ↑ | moving PSNR ↑ | static PSNR ↑ | character PSNR ↑ "
+        "| LPIPS ↓ | FVD ↓ |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     bars = {name: row(label, "–", metrics_dir / name) for name, label in BARS.items()}
     budgets = sorted(
@@ -338,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", help="start from this pipeline's transformer (the Stage-1 I2V model)")
     p = sub.add_parser("predict")
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--run", required=True)
@@ -354,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "train":
         train_baseline(
             args.kind, args.cache, args.model, args.out, args.max_steps, args.batch_size, args.lr,
-            seed=args.seed, resume=args.resume,
+            seed=args.seed, resume=args.resume, init=args.init,
         )  # fmt: skip
     else:
         predict(args.kind, args.run, args.model, args.data, args.out, args.limit, args.steps)

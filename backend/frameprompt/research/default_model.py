@@ -31,6 +31,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from frameprompt.media import contact_sheet
 from frameprompt.method import SequenceLayout
 from frameprompt_blender.core.frame_names import frame_name
 
@@ -245,13 +246,7 @@ def comparison_grid(
             files = sorted((Path(pred) / kind / clip.name).glob("*.png"))
             rows.append([blank, *(PIL.Image.open(f).convert("RGB") for f in files)])
             labels.append(kind)
-    w, h = rows[0][0].size
-    width = max(len(r) for r in rows) * w
-    grid = PIL.Image.new("RGB", (width, len(rows) * h))
-    for i, row in enumerate(rows):
-        for j, image in enumerate(row):
-            grid.paste(image, (j * w, i * h))
-    grid = grid.resize((grid.width * scale, grid.height * scale), PIL.Image.Resampling.NEAREST)
+    grid = contact_sheet(rows, scale)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
