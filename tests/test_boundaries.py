@@ -123,3 +123,16 @@ def test_no_import_circles(package):
         if node not in state:
             walk(node, [node])
     assert circles == [], "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_the_public_api_is_importable_from_the_package_and_lazy():
+    code = (
+        "import sys, frameprompt; assert 'torch' not in sys.modules; "
+        "from frameprompt import FramePromptPipeline, SequenceLayout, load_pipeline; "
+        "assert FramePromptPipeline.__name__ == 'FramePromptPipeline' and callable(load_pipeline)"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
