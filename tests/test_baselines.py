@@ -92,8 +92,9 @@ def test_results_table_reads_the_metrics_of_every_budget(tmp_path):
         folder.mkdir(parents=True)
         metrics = {"ssim": ssim, "psnr": 20.0, "lpips": None, "fvd": fvd, "settings": {}}
         (folder / "metrics.json").write_text(json.dumps(metrics))
-        if character is not None:
-            (folder / "region.json").write_text(json.dumps({"character_psnr": character}))
+        if character is not None:  # as `default_model region --json` writes it: per prediction folder
+            region = {"moving_psnr": character - 3, "static_psnr": 35.0, "character_psnr": character}
+            (folder / "region.json").write_text(json.dumps({folder.name: region}))
 
     metrics = tmp_path / "metrics"
     write(metrics / "repeat_reference", 0.9, fvd=10.0, character=30.0)
@@ -101,7 +102,9 @@ def test_results_table_reads_the_metrics_of_every_budget(tmp_path):
     write(metrics / "step1000" / "concat", 0.5)
     write(metrics / "step500" / "frameprompt", 0.6, fvd=123.45, character=21.5)
     lines = baselines.results_table(tmp_path).splitlines()
-    assert lines[2].startswith("| reference frame repeated") and "| 30.00 |" in lines[2]
-    assert lines[3] == "| **FramePrompt** (target-frames loss) | 500 | 0.6000 | 20.00 | 21.50 | n/a | 123.5 |"
+    assert lines[2].startswith("| reference frame repeated") and "| 27.00 | 35.00 | 30.00 |" in lines[2]
+    assert lines[3] == (
+        "| **FramePrompt** (target-frames loss) | 500 | 0.6000 | 20.00 | 18.50 | 35.00 | 21.50 | n/a | 123.5 |"
+    )
     assert lines[4].startswith("| channel concatenation") and "| 1,000 |" in lines[4]
     assert lines[5].startswith("| VAE reconstruction") and len(lines) == 6
