@@ -200,19 +200,11 @@ def test_image_to_video_stage_with_ema_then_frameprompt_from_it(tiny_model_dir, 
     from frameprompt.loading import load_pipeline
     from frameprompt.training.trainer import EMA_MODEL_DIR
 
-    stage1 = Trainer(
-        _config(
-            two_clips,
-            tiny_model_dir,
-            tmp_path / "stage1",
-            full=True,
-            max_steps=3,
-            learning_rate=1e-3,
-            objective="image_to_video",
-            ema_decay=0.5,
-            checkpoint_every=1000,
-        )
-    ).run()
+    stage1_settings = dict(
+        full=True, max_steps=3, learning_rate=1e-3, objective="image_to_video", ema_decay=0.5,
+        checkpoint_every=1000,
+    )  # fmt: skip
+    stage1 = Trainer(_config(two_clips, tiny_model_dir, tmp_path / "stage1", **stage1_settings)).run()
     assert all(np.isfinite(stage1.losses))
     ema_dir = tmp_path / "stage1" / EMA_MODEL_DIR
     info = json.loads((ema_dir / TRAINING_INFO).read_text())
@@ -224,18 +216,7 @@ def test_image_to_video_stage_with_ema_then_frameprompt_from_it(tiny_model_dir, 
 
     # resuming the finished stage from its checkpoint writes the same EMA model again
     again = Trainer(
-        _config(
-            two_clips,
-            tiny_model_dir,
-            tmp_path / "stage1",
-            full=True,
-            max_steps=3,
-            learning_rate=1e-3,
-            objective="image_to_video",
-            ema_decay=0.5,
-            checkpoint_every=1000,
-            resume=True,
-        )
+        _config(two_clips, tiny_model_dir, tmp_path / "stage1", **stage1_settings, resume=True)
     ).run()
     assert again.steps == 3
     rewritten = load_file(str(ema_dir / "transformer" / "diffusion_pytorch_model.safetensors"))

@@ -343,7 +343,8 @@ def _atomic_save(
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a temp file and rename it over `path`: readers see the old text or the new, never half."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -440,9 +441,9 @@ def build_latent_cache(
                 tensors["text"] = text[0].float()
         _atomic_save(tensors, target_file)
         entries[clip.name] = signature
-        _atomic_write_text(manifest_path, json.dumps({"key": key, "clips": entries}, indent=1))
+        atomic_write_text(manifest_path, json.dumps({"key": key, "clips": entries}, indent=1))
     if write:
-        _atomic_write_text(manifest_path, json.dumps({"key": key, "clips": entries}, indent=1))
+        atomic_write_text(manifest_path, json.dumps({"key": key, "clips": entries}, indent=1))
     return LatentCache(
         cache,
         [c.name for c in clips],

@@ -37,6 +37,7 @@ from frameprompt.training.data import (
     CachedClips,
     ClipInfo,
     LatentCache,
+    atomic_write_text,
     build_latent_cache,
     load_dataset,
     module_fingerprint,
@@ -216,12 +217,6 @@ def _is_disk_full(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__  # type: ignore[assignment]
     return False
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -483,7 +478,7 @@ class Trainer:
         try:
             acc.save_state(str(tmp))
             if acc.is_main_process:
-                _write_text_atomic(
+                atomic_write_text(
                     tmp / STATE_FILE, json.dumps(self._state(step, micro_step, epoch), indent=1)
                 )
             acc.wait_for_everyone()
@@ -491,7 +486,7 @@ class Trainer:
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
-                _write_text_atomic(root / LATEST_FILE, final.name)
+                atomic_write_text(root / LATEST_FILE, final.name)
         except Exception as error:  # OSError, RuntimeError, SafetensorError...: never leave a half checkpoint
             if acc.is_main_process:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -637,7 +632,7 @@ class Trainer:
                     self.ema.restore(self.trainable)
             else:
                 save_lora(model, self.out)
-            _write_text_atomic(self.out / TRAINING_INFO, json.dumps(info, indent=1))
+            atomic_write_text(self.out / TRAINING_INFO, json.dumps(info, indent=1))
         acc.wait_for_everyone()
         return output
 
@@ -646,7 +641,7 @@ class Trainer:
         tmp = output.parent / f".tmp-{output.name}"
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipe.save_pretrained(tmp)
-        _write_text_atomic(tmp / TRAINING_INFO, json.dumps(info, indent=1))
+        atomic_write_text(tmp / TRAINING_INFO, json.dumps(info, indent=1))
         if output.exists():
             shutil.rmtree(output)
         os.replace(tmp, output)
