@@ -8,7 +8,20 @@ import numpy as np
 import pytest
 
 from frameprompt_blender.core import bone_maps as B
-from frameprompt_blender.core.keypoints import KEYPOINT_NAMES, L_EYE, NECK, NOSE, R_EAR, R_SHOULDER, R_WRIST
+from frameprompt_blender.core.keypoints import (
+    KEYPOINT_NAMES,
+    L_EYE,
+    L_HIP,
+    L_SHOULDER,
+    NECK,
+    NOSE,
+    R_EAR,
+    R_ELBOW,
+    R_HIP,
+    R_KNEE,
+    R_SHOULDER,
+    R_WRIST,
+)
 
 ROLES = ("upper_arm", "forearm", "hand", "thigh", "shin", "foot")
 
@@ -33,6 +46,16 @@ RIGS = {
     + [f"{n}_{s}" for n in ("clavicle", "upperarm", "lowerarm", "hand", "thigh", "calf", "foot", "ball") for s in "lr"],
     "generic": ["Hips", "Spine", "Neck", "Head"]
     + [f"{side}_{p}" for side in ("Left", "Right") for p in ("UpperArm", "LowerArm", "Hand", "UpperLeg", "LowerLeg", "Foot")],
+    # classic motion-capture names: LeftShoulder is the upper arm here, LeftCollar the collar bone
+    "mocap_classic": ["Hips", "Chest", "Neck", "Head"]
+    + [f"{side}{p}" for side in ("Left", "Right") for p in ("Collar", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle")],
+    # Poser / DAZ / the CMU conversions for them
+    "poser": ["hip", "abdomen", "chest", "neck", "head", "leftEye", "rightEye"]
+    + [f"{s}{p}" for s in "lr" for p in ("Collar", "Shldr", "ForeArm", "Hand", "Buttock", "Thigh", "Shin", "Foot")],
+    # Auto-Rig Pro's exported deform bones
+    "autorig_pro": ["root.x", "spine_01.x", "spine_02.x", "neck.x", "head.x"]
+    + [f"{p}.{s}" for s in "lr" for p in ("shoulder", "arm_stretch", "arm_twist", "forearm_stretch", "forearm_twist",
+                                          "hand", "thigh_stretch", "thigh_twist", "leg_stretch", "leg_twist", "foot")],
 }  # fmt: skip
 
 
@@ -69,6 +92,71 @@ def test_preset_details():
     assert r.preset == "generic" and r.ok and r.head_bone == "J_Bip_C_Head"
     with pytest.raises(ValueError, match="unknown bone-map preset"):
         B.detect_preset([], "maya")
+
+
+CLASSIC_PARTS = {
+    "Shoulder": R_SHOULDER,
+    "Elbow": R_ELBOW,
+    "Wrist": R_WRIST,
+    "Hip": R_HIP,
+    "Knee": R_KNEE,
+    "Ankle": 10,
+}
+
+
+@pytest.mark.parametrize(
+    "right, left",
+    [
+        ("Right{}", "Left{}"),
+        ("{}.R", "{}.L"),
+        ("{}_r", "{}_l"),
+        ("R_{}", "L_{}"),
+        ("{}_R", "{}_L"),  # Advanced Skeleton: Shoulder_R, Hip_R, with Head_M
+        ("r{}", "l{}"),
+    ],
+)
+def test_classic_names_in_every_side_convention(right, left):
+    names = ["Hips", "Chest", "Neck", "Head_M" if right == "{}_R" else "Head"]
+    names += [t.format(p) for t in (right, left) for p in ("Collar", *CLASSIC_PARTS)]
+    r = B.detect_preset(names)
+    assert r.preset == "mocap_classic" and r.ok and len(r.mapped) == 18, r.summary()
+    for part, idx in CLASSIC_PARTS.items():
+        assert r.joints[idx] == B.JointRef(right.format(part), "head")
+        assert r.joints[idx + 3].name == left.format(part)
+    assert r.head_bone == names[3]
+
+
+def test_mixamo_shoulder_is_the_collar_not_the_arm():
+    """Mixamo's LeftShoulder is the collar bone; classic motion capture's is the upper arm. A rig with
+    both LeftShoulder and LeftArm is Mixamo-style, whatever its prefix or namespace."""
+    for prefix in ("mixamorig:", "mixamorig1:", "mixamorig_", ""):
+        r = B.detect_preset([n.replace("mixamorig:", prefix) for n in RIGS["mixamo"]])
+        assert r.ok and r.joints[R_SHOULDER].name == f"{prefix}RightArm", (prefix, r.summary())
+        assert r.joints[L_SHOULDER].name == f"{prefix}LeftArm"
+        assert r.head_bone == f"{prefix}Head"
+
+
+def test_new_family_details():
+    r = B.detect_preset(RIGS["poser"])
+    assert r.joints[R_SHOULDER] == B.JointRef("rShldr", "head") and r.joints[R_HIP].name == "rThigh"
+    assert r.joints[L_EYE].name == "leftEye" and r.head_bone == "head"
+    genesis = ["head"] + [f"{s}{p}" for s in "lr" for p in ("ShldrBend", "ShldrTwist", "ForearmBend", "ForearmTwist",
+                                                           "Hand", "ThighBend", "ThighTwist", "Shin", "Foot")]  # fmt: skip
+    r = B.detect_preset(genesis)
+    assert (
+        r.preset == "poser"
+        and r.ok
+        and r.joints[R_ELBOW].name == "rForearmBend"
+        and r.joints[L_HIP].name == "lThighBend"
+    )
+    r = B.detect_preset(RIGS["autorig_pro"])
+    assert r.joints[R_SHOULDER].name == "arm_stretch.r" and r.joints[R_KNEE].name == "leg_stretch.r"
+    assert r.head_bone == "head.x"
+    # a full Auto-Rig Pro rig's reference bones (arm.l, forearm.l, ...) read as generic names, as before
+    r = B.detect_preset(
+        ["head.x"] + [f"{p}.{s}" for s in "lr" for p in ("arm", "forearm", "hand", "thigh", "leg", "foot")]
+    )
+    assert r.preset == "generic" and r.ok and r.joints[R_SHOULDER].name == "arm.r" and r.head_bone == "head.x"
 
 
 def test_unknown_rig_gets_a_report_of_what_to_map():

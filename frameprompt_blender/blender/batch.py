@@ -7,7 +7,9 @@ From a shell, with the bpy module (pip install bpy) or inside Blender::
         -- --server tcp://127.0.0.1:5555 --out DIR [--frames 16] [--start 1] [--render-mp4]
 
 ``--export-only`` writes just the job folder (``DIR/reference.png``, ``DIR/pose/``, ``DIR/skeleton/``)
-and needs no server. On any failure the message goes to stderr and the exit code is non-zero.
+and needs no server. Without ``--width/--height`` the size is the scene's render size (resolution x
+percentage), and without ``--start/--frames`` the scene's frame range. ``--mocap FILE`` imports a BVH or
+FBX clip first. On any failure the message goes to stderr and the exit code is non-zero.
 
 From Python (bpy imported, a scene built or loaded)::
 
@@ -62,13 +64,47 @@ def _resolve_object(scene: Any, obj: Any, kind: str) -> Any:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise FramePromptUserError(f"Scene '{scene.name}' has no armature: the character needs a rig")
+        seen = ", ".join(f"{o.name} ({o.type.lower()})" for o in scene.objects) or "none"
+        raise FramePromptUserError(
+            f"Scene '{scene.name}' has no armature (objects: {seen}): the character needs a rig; import one "
+            "(File > Import > Motion Capture (.bvh) or FBX) or pass --mocap FILE"
+        )
     names = ", ".join(o.name for o in found)
     raise FramePromptUserError(f"Scene '{scene.name}' has several armatures ({names}): pass --armature NAME")
 
 
 def _default_num_frames(scene: Any, start: int) -> int:
     return max(1, scene.frame_end - start + 1)
+
+
+def scene_render_size(scene: Any) -> tuple[int, int]:
+    """The scene's render size in pixels: resolution x percentage, as Blender computes it."""
+    r = scene.render
+    return r.resolution_x * r.resolution_percentage // 100, r.resolution_y * r.resolution_percentage // 100
+
+
+def _output_size(
+    scene: Any, width: int | None, height: int | None, export_only: bool, say: Any
+) -> tuple[int, int, bool]:
+    """(width, height, scene_resolution): explicit sizes as given; else the scene's render size, exact for
+    an export (the skeleton then lines up with the scene camera's own render) and rounded to multiples
+    of 16 for the model, as the panel's "Scene resolution" does."""
+    if (width is None) != (height is None):
+        raise FramePromptUserError(
+            "Pass both --width and --height, or neither to use the scene's render size"
+        )
+    if width is not None and height is not None:
+        return int(width), int(height), False
+    w, h = scene_render_size(scene)
+    if export_only:
+        say(f"frameprompt: size {w}x{h}, the scene's render resolution")
+        return w, h, True
+    w16, h16 = max(16, round(w / 16) * 16), max(16, round(h / 16) * 16)
+    if (w16, h16) == (w, h):
+        say(f"frameprompt: size {w}x{h}, the scene's render resolution")
+        return w, h, True
+    say(f"frameprompt: size {w16}x{h16}: the scene's {w}x{h} rounded to multiples of 16 for the model")
+    return w16, h16, False
 
 
 def render_sequencer_mp4(
@@ -103,8 +139,8 @@ def run_batch(
     camera: Any = None,
     frame_start: int | None = None,
     num_frames: int | None = None,
-    width: int = 480,
-    height: int = 832,
+    width: int | None = None,
+    height: int | None = None,
     steps: int = 20,
     seed: int = 0,
     guidance: float = 5.0,
@@ -128,15 +164,21 @@ def run_batch(
     free Sequencer channel, saves ``save_blend_path`` (default ``out_dir/<scene name>.blend``; pass
     ``save_blend=False`` to skip) and with ``render_mp4`` renders ``out_dir/<scene name>.mp4``.
 
+    Without ``width``/``height`` the size is the scene's render resolution x percentage (rounded to
+    multiples of 16 unless ``export_only``); without ``frame_start``/``num_frames``, the scene's frame
+    range.
+
     Returns ``{"job_dir", "reference", "pose_dir", "skeleton_dir", "frames", "frames_dir", "strip",
     "blend", "video"}`` (absent outputs are None). Raises FramePromptUserError (bad scene or settings)
     or JobFailed (backend absent, backend error, cancelled).
     """
+    say = log or (lambda *_: None)
     scene = _resolve_scene(scene)
     arm = _resolve_object(scene, armature, "ARMATURE")
     cam = _resolve_object(scene, camera, "CAMERA")
     start = int(scene.frame_start if frame_start is None else frame_start)
     n = int(_default_num_frames(scene, start) if num_frames is None else num_frames)
+    width, height, scene_resolution = _output_size(scene, width, height, export_only, say)
     out = Path(out_dir).resolve()
     spec = JobSpec(
         scene=scene.name,
@@ -144,8 +186,9 @@ def run_batch(
         camera=cam.name,
         frame_start=start,
         num_frames=n,
-        width=int(width),
-        height=int(height),
+        width=width,
+        height=height,
+        scene_resolution=scene_resolution,
         reference_source="IMAGE" if reference_image else "RENDER",
         reference_frame=reference_frame,
         reference_image=str(reference_image),
@@ -155,7 +198,6 @@ def run_batch(
         guidance=float(guidance),
         lora=lora,
     )
-    say = log or (lambda *_: None)
     export = export_job(spec, out, log=lambda m: say(f"frameprompt: {m}"))
     for w in export.warnings:
         say(f"frameprompt: warning: {w}")
@@ -234,10 +276,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scene", help="scene name (default: the active scene)")
     p.add_argument("--armature", help="armature object name (default: the scene's only armature)")
     p.add_argument("--camera", help="camera object name (default: the scene camera)")
+    p.add_argument(
+        "--mocap",
+        metavar="FILE",
+        help="import this .bvh or .fbx first (Blender's importers) and animate it; the scene's frame range "
+        "becomes the clip's",
+    )
+    p.add_argument(
+        "--mocap-onto",
+        action="store_true",
+        help="put the clip's animation onto the armature (--armature, or the scene's only one), which must "
+        "have the bones it animates, instead of importing its own armature",
+    )
+    p.add_argument("--mocap-scale", type=float, default=1.0, help="importer scale (BVH in cm: 0.01)")
     p.add_argument("--start", type=int, help="first frame (default: the scene start)")
     p.add_argument("--frames", type=int, help="number of frames N, any count (default: the scene range)")
-    p.add_argument("--width", type=int, default=480)
-    p.add_argument("--height", type=int, default=832)
+    p.add_argument("--width", type=int, help="output width (default: the scene's render size; the demo 480)")
+    p.add_argument(
+        "--height", type=int, help="output height (default: the scene's render size; the demo 832)"
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=5.0)
@@ -272,17 +329,25 @@ def run(argv: list[str] | None = None) -> int:
         if args.demo_scene:
             from .render_dataset import stage_demo_shot
 
-            stage_demo_shot(args.frames or 8, args.width, args.height)
+            # the demo stages its own scene at this size, which the batch then reads back
+            stage_demo_shot(args.frames or 8, args.width or 480, args.height or 832)
         elif args.blend:
             path = Path(args.blend)
             if not path.is_file():
                 raise FramePromptUserError(f"{path} not found")
             bpy.ops.wm.open_mainfile(filepath=str(path.resolve()))
+        armature = args.armature
+        if args.mocap:
+            from .mocap import import_mocap
+
+            scene = _resolve_scene(args.scene)
+            onto = _resolve_object(scene, args.armature, "ARMATURE") if args.mocap_onto else None
+            armature = import_mocap(args.mocap, scene, onto=onto, scale=args.mocap_scale).name
         paths = run_batch(
             args.scene,
             server_address=args.server,
             out_dir=args.out,
-            armature=args.armature,
+            armature=armature,
             camera=args.camera,
             frame_start=args.start,
             num_frames=args.frames,

@@ -49,6 +49,10 @@ class JobSpec:
     steps: int = 20
     guidance: float = 5.0
     lora: str = ""
+    # The keypoints of the scene's own render (resolution x percentage, pixel aspect), so the skeleton
+    # lines up with what the user's camera renders; width x height is that size and need not be a
+    # multiple of 16 (an export for other tools; a model needs multiples of 16).
+    scene_resolution: bool = False
 
     @property
     def frames(self) -> list[int]:
@@ -98,7 +102,10 @@ def spec_problems(spec: JobSpec) -> list[str]:
         problems.append("No camera: add a camera to the scene (Add > Camera) or pick one in the Camera field")
     if spec.num_frames < 1:
         problems.append(f"N = {spec.num_frames} frames: animate at least 1 frame")
-    if spec.width % 16 or spec.height % 16 or spec.width < 16 or spec.height < 16:
+    if spec.scene_resolution:
+        if spec.width < 1 or spec.height < 1:
+            problems.append(f"Resolution {spec.width}×{spec.height}: set the scene's render resolution")
+    elif spec.width % 16 or spec.height % 16 or spec.width < 16 or spec.height < 16:
         problems.append(f"Resolution {spec.width}×{spec.height}: width and height must be multiples of 16")
     if spec.reference_source == "IMAGE":
         if not spec.reference_image:
@@ -119,8 +126,9 @@ def job_name(scene_name: str) -> str:
     return f"{safe}_{time.strftime('%Y%m%d_%H%M%S')}"
 
 
-def _check_keypoints(poses: list[Any]) -> tuple[list[str], list[str]]:
-    """(errors, warnings) about keypoints that are missing in every frame."""
+def _check_keypoints(poses: list[Any], spec: JobSpec) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about keypoints that are missing in every frame. The bone map is checked before
+    (every body joint has a bone), so a body joint missing everywhere is out of the camera's view."""
     import numpy as np
 
     if not poses:
@@ -132,9 +140,9 @@ def _check_keypoints(poses: list[Any]) -> tuple[list[str], list[str]]:
     errors, warnings = [], []
     if missing_body:
         errors.append(
-            "Unmapped keypoints: " + ", ".join(missing_body) + " found in no frame. Rename the bones to a "
-            "supported naming (Rigify, Mixamo, or upper_arm.L-style) or check that the character is in "
-            "front of the camera in the frame range"
+            ", ".join(missing_body) + f" outside the view of camera '{spec.camera}' (or behind it) in every "
+            f"frame {spec.frame_start}-{spec.frames[-1]}: aim the camera at the character, or check the "
+            "frame range"
         )
     if missing_face:
         warnings.append("Face keypoints not found (drawn without them): " + ", ".join(missing_face))
@@ -147,27 +155,43 @@ def export_job(spec: JobSpec, job_dir: str | Path, *, log: Any = None) -> Export
     Files: ``reference.png``, ``pose/0000_keypoints.json ...`` and ``skeleton/0000.png ...`` for frames
     ``frame_start .. frame_start + num_frames - 1``. Files already written are kept on error.
     """
-    from .skeleton import export_skeleton_frames  # deferred: it loads numpy and the pose renderer
+    # deferred: skeleton loads numpy and the pose renderer
+    from .skeleton import export_skeleton_frames, require_humanoid
 
     check_spec(spec)
-    job_dir = Path(job_dir)
-    job_dir.mkdir(parents=True, exist_ok=True)
     scene = bpy.data.scenes[spec.scene]
     arm = bpy.data.objects[spec.armature]
     cam = bpy.data.objects[spec.camera]
+    try:
+        bone_map = require_humanoid(arm)
+    except ValueError as exc:  # not a humanoid, or a broken override: the message says what to fix
+        raise FramePromptUserError(str(exc)) from None
+    job_dir = Path(job_dir)
+    job_dir.mkdir(parents=True, exist_ok=True)
     say = log or (lambda msg: None)
+    say(f"bone map: {bone_map.label}")
 
     say(f"exporting {spec.num_frames} skeleton frames ({spec.frame_start}-{spec.frames[-1]}) to {job_dir}")
+    # Scene resolution: None lets the projection read the scene's own render settings.
+    width, height = (None, None) if spec.scene_resolution else (spec.width, spec.height)
     old_frame = scene.frame_current
     try:
         poses = list(
-            export_skeleton_frames(scene, arm, cam, spec.frames, str(job_dir), spec.width, spec.height)
+            export_skeleton_frames(
+                scene, arm, cam, spec.frames, str(job_dir), width, height, bone_map=bone_map
+            )
         )
     finally:
         scene.frame_set(old_frame)
-    errors, warnings = _check_keypoints(poses)
+    errors, warnings = _check_keypoints(poses, spec)
     if errors:
         raise FramePromptUserError("; ".join(errors))
+    r = scene.render
+    if spec.scene_resolution and r.pixel_aspect_x != r.pixel_aspect_y:
+        warnings.append(
+            f"the scene's pixel aspect is {r.pixel_aspect_x:g}:{r.pixel_aspect_y:g}: the keypoints follow it, "
+            "the reference image is rendered with square pixels"
+        )
 
     reference = job_dir / "reference.png"
     if spec.reference_source == "IMAGE":

@@ -1,5 +1,5 @@
 """Operators: ``frameprompt.export``, ``.animate``, ``.cancel``, ``.test_connection``, ``.show_result``,
-``.toggle_overlay``."""
+``.toggle_overlay``, ``.import_mocap``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, FloatProperty, StringProperty
 
 from .export import FramePromptUserError, export_job, job_name, spec_from_scene, spec_problems
 from .jobs import MANAGER, JobFailed
@@ -220,6 +220,51 @@ class FRAMEPROMPT_OT_toggle_overlay(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FRAMEPROMPT_OT_import_mocap(bpy.types.Operator):
+    """Import a motion-capture clip (.bvh or .fbx) with Blender's importer, as a new armature or onto the
+    FramePrompt armature, and set the scene's frame range to the clip"""
+
+    bl_idname = "frameprompt.import_mocap"
+    bl_label = "Import Motion Capture"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="File", subtype="FILE_PATH")  # type: ignore[valid-type]
+    filter_glob: StringProperty(default="*.bvh;*.fbx", options={"HIDDEN"})  # type: ignore[valid-type]
+    onto_armature: BoolProperty(  # type: ignore[valid-type]
+        name="Onto the armature",
+        description="Put the clip's animation onto the FramePrompt armature (it must have the bones the clip "
+        "animates: the clip was made for it) instead of importing the clip's own armature",
+        default=False,
+    )
+    scale: FloatProperty(  # type: ignore[valid-type]
+        name="Scale", description="The importer's scale (BVH in centimetres: 0.01)", default=1.0, min=1e-6
+    )
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if bpy.app.background:  # no file browser without a window
+            return self.execute(context)
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: Any) -> set[str]:
+        from .mocap import import_mocap
+        from .properties import effective_armature
+
+        scene = context.scene
+        onto = effective_armature(scene, scene.frameprompt, context) if self.onto_armature else None
+        if self.onto_armature and onto is None:
+            self.report({"ERROR"}, "No armature to put the clip onto: pick one in the Armature field")
+            return {"CANCELLED"}
+        try:
+            arm = import_mocap(self.filepath, scene, onto=onto, scale=self.scale)
+        except FramePromptUserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        scene.frameprompt.armature = arm
+        self.report({"INFO"}, f"'{arm.name}' plays frames {scene.frame_start}-{scene.frame_end}")
+        return {"FINISHED"}
+
+
 CLASSES = (
     FRAMEPROMPT_OT_export,
     FRAMEPROMPT_OT_animate,
@@ -227,4 +272,5 @@ CLASSES = (
     FRAMEPROMPT_OT_test_connection,
     FRAMEPROMPT_OT_show_result,
     FRAMEPROMPT_OT_toggle_overlay,
+    FRAMEPROMPT_OT_import_mocap,
 )

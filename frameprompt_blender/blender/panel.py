@@ -6,6 +6,8 @@ from typing import Any
 
 import bpy
 
+from ..core.bone_maps import BoneMapReport
+from ..core.keypoints import KEYPOINT_NAMES, NUM_KEYPOINTS
 from .jobs import CANCELLED, DONE, FAILED, MANAGER, JobState
 
 _RESULT_ICONS = {DONE: "CHECKMARK", FAILED: "ERROR", CANCELLED: "CANCEL"}
@@ -40,6 +42,21 @@ class FRAMEPROMPT_PT_animate(bpy.types.Panel):
         _draw_last_result(layout, settings)
 
 
+class FRAMEPROMPT_PT_bone_map(bpy.types.Panel):
+    """Which bone gives each keypoint: the automatic choice, and a bone picker to override it."""
+
+    bl_idname = "FRAMEPROMPT_PT_bone_map"
+    bl_label = "Bone Map"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "FramePrompt"
+    bl_parent_id = "FRAMEPROMPT_PT_animate"
+    bl_options = {"DEFAULT_CLOSED"}  # closed, the map is not resolved on every redraw
+
+    def draw(self, context: Any) -> None:
+        _draw_bone_map(self.layout, context)
+
+
 # Module functions rather than Panel methods: the tests call ``draw`` with a mock as ``self`` to record
 # the layout calls, and methods looked up on that mock would silently draw nothing.
 
@@ -49,7 +66,9 @@ def _draw_subject(layout: Any, context: Any, scene: Any, settings: Any) -> None:
     from .properties import effective_armature, effective_camera
 
     col = layout.column(align=True)
-    col.prop(settings, "armature")
+    row = col.row(align=True)
+    row.prop(settings, "armature")
+    row.operator("frameprompt.import_mocap", text="", icon="IMPORT")
     arm = effective_armature(scene, settings, context)
     if settings.armature is None:
         col.label(text=f"Using: {arm.name}" if arm else "No armature selected", icon="ARMATURE_DATA")
@@ -156,6 +175,46 @@ def _draw_last_result(layout: Any, settings: Any) -> None:
         box.operator("frameprompt.show_result", icon="SEQ_SEQUENCER")
 
 
+def _draw_bone_map(layout: Any, context: Any) -> None:
+    """One row per keypoint (and the head bone): a bone picker writing the armature's override, and what
+    the automatic map gives it; above them, the map's verdict."""
+    from .properties import effective_armature
+    from .skeleton import resolve_bone_map
+
+    scene = context.scene
+    settings = getattr(scene, "frameprompt", None)
+    arm = effective_armature(scene, settings, context) if settings is not None else None
+    if arm is None:
+        layout.label(text="No armature: pick one above", icon="ERROR")
+        return
+    try:
+        report = resolve_bone_map(arm)
+        icon = "CHECKMARK" if report.ok else "ERROR"
+        layout.label(text=f"{report.label}: {len(report.mapped)}/{NUM_KEYPOINTS}", icon=icon)
+        if not report.ok:
+            layout.label(text="Pick a bone for each missing body joint", icon="INFO")
+    except ValueError as exc:  # an override names no bone, or the custom property is not JSON
+        for i, line in enumerate(_wrap(str(exc), 60)):
+            layout.label(text=line, icon="ERROR" if i == 0 else "BLANK1")
+    auto = resolve_bone_map(arm, {})  # what each row gets with its field empty
+    col = layout.column(align=True)
+    for i, key in enumerate((*KEYPOINT_NAMES, "head")):
+        split = col.split(factor=0.6, align=True)
+        split.prop_search(arm.frameprompt_bones, key, arm.data, "bones", text=key)
+        split.label(text=_auto_label(auto, i))
+
+
+def _auto_label(report: BoneMapReport, i: int) -> str:
+    """The automatic source of keypoint i (i = NUM_KEYPOINTS: the head bone), short enough for the sidebar."""
+    if i == NUM_KEYPOINTS:
+        return f"auto: {report.head_bone}" if report.head_bone else "auto: none"
+    if i in report.joints:
+        return f"auto: {report.joints[i].name}" + (" (guessed)" if i in report.guessed else "")
+    if i in report.estimated:
+        return "auto: from the head"
+    return "auto: mid-shoulders" if i in report.computed else "auto: MISSING"
+
+
 def _wrap(text: str, width: int) -> list[str]:
     """Greedy word wrap: a panel label does not wrap by itself."""
     words, lines, line = text.split(), [], ""
@@ -170,4 +229,4 @@ def _wrap(text: str, width: int) -> list[str]:
     return lines or [""]
 
 
-CLASSES = (FRAMEPROMPT_PT_animate,)
+CLASSES = (FRAMEPROMPT_PT_animate, FRAMEPROMPT_PT_bone_map)

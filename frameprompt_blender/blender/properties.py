@@ -14,6 +14,8 @@ from bpy.props import (
     StringProperty,
 )
 
+from ..core.keypoints import KEYPOINT_NAMES
+
 # (id, label, width, height)
 RESOLUTION_PRESETS: list[tuple[str, str, int, int]] = [
     ("480P_PORTRAIT", "480p portrait (480×832)", 480, 832),
@@ -148,6 +150,39 @@ class FRAMEPROMPT_SceneSettings(bpy.types.PropertyGroup):
     last_strip_scene: StringProperty(name="Strip scene", default="")  # type: ignore[valid-type]
 
 
+def _override_property(key: str) -> Any:
+    """A string property standing for one keypoint's entry in the object's `frameprompt_bone_map` custom
+    property: read and written through it, so the bone picks are saved with the .blend in the one place
+    the exporter reads (and stay editable as JSON). Empty = automatic."""
+
+    def get(self: Any) -> str:
+        from .skeleton import bone_map_override
+
+        try:
+            return bone_map_override(self.id_data, key) or ""
+        except ValueError:  # a broken custom property: the Bone Map panel shows why
+            return ""
+
+    def set(self: Any, value: str) -> None:
+        from .skeleton import set_bone_map_override
+
+        set_bone_map_override(self.id_data, key, value or None)
+
+    what = "the bone the face points are estimated from" if key == "head" else f"the bone whose head is {key}"
+    return StringProperty(
+        name=key,
+        description=f"Override {what} (empty = automatic); 'bone:tail' takes the bone's tail",
+        get=get,
+        set=set,
+    )
+
+
+class FRAMEPROMPT_BoneMap(bpy.types.PropertyGroup):
+    """Per-keypoint bone picks of an armature object (``object.frameprompt_bones``)."""
+
+    __annotations__ = {key: _override_property(key) for key in (*KEYPOINT_NAMES, "head")}
+
+
 class FRAMEPROMPT_WindowState(bpy.types.PropertyGroup):
     """Session-only UI state (not saved): the overlay toggle."""
 
@@ -158,17 +193,19 @@ class FRAMEPROMPT_WindowState(bpy.types.PropertyGroup):
     )
 
 
-CLASSES = (FRAMEPROMPT_SceneSettings, FRAMEPROMPT_WindowState)
+CLASSES = (FRAMEPROMPT_SceneSettings, FRAMEPROMPT_BoneMap, FRAMEPROMPT_WindowState)
 
 
 def register_props() -> None:
     # Blender's registration idiom: a PointerProperty assigned on the type (unknown to the stubs).
     bpy.types.Scene.frameprompt = PointerProperty(type=FRAMEPROMPT_SceneSettings)  # type: ignore[attr-defined]
+    bpy.types.Object.frameprompt_bones = PointerProperty(type=FRAMEPROMPT_BoneMap)  # type: ignore[attr-defined]
     bpy.types.WindowManager.frameprompt = PointerProperty(type=FRAMEPROMPT_WindowState)  # type: ignore[attr-defined]
 
 
 def unregister_props() -> None:
     del bpy.types.WindowManager.frameprompt  # type: ignore[attr-defined]
+    del bpy.types.Object.frameprompt_bones  # type: ignore[attr-defined]
     del bpy.types.Scene.frameprompt  # type: ignore[attr-defined]
 
 

@@ -1,7 +1,8 @@
 """OpenPose keypoints read exactly from a Blender armature (the `bpy` side; the maths is in `core`).
 
-For each frame: `scene.frame_set`, evaluated pose-bone matrices, the bone map (preset detection + the
-armature's `frameprompt_bone_map` overrides, `core.bone_maps`), Blender's camera projection
+For each frame: `scene.frame_set`, evaluated pose-bone matrices, the bone map (preset detection from the
+names, a guess from the hierarchy where they fall short, the armature's `frameprompt_bone_map`
+overrides: `core.bone_maps`), Blender's camera projection
 (`core.projection`, which matches `world_to_camera_view` and also honours sensor fit, shift, percentage
 and pixel aspect), camera depth per keypoint. Points behind the camera (or past its clip range) and
 points outside the frame get confidence 0; off-frame points keep their projected x, y, points behind the
@@ -24,7 +25,7 @@ import bpy
 import numpy as np
 
 from ..core import bone_maps
-from ..core.bone_maps import OVERRIDE_PROPERTY, BoneMapReport, JointRef
+from ..core.bone_maps import OVERRIDE_PROPERTY, BoneMapReport, JointRef, RestBone
 from ..core.frame_names import frame_name, pose_file_name
 from ..core.keypoints import FACE_KEYPOINTS, L_SHOULDER, NECK, NUM_KEYPOINTS, R_SHOULDER, Pose
 from ..core.openpose_draw import save_pose_png
@@ -87,13 +88,22 @@ def _override_source(armature_obj: Any):
     return None
 
 
+def rest_bones(armature_obj: Any) -> list[RestBone]:
+    """The armature's bones as the hierarchy guess reads them: parent, rest head and tail (armature space)."""
+    return [
+        RestBone(b.name, b.parent.name if b.parent else None, tuple(b.head_local), tuple(b.tail_local))
+        for b in armature_obj.data.bones
+    ]
+
+
 def resolve_bone_map(armature_obj: Any, bone_map: Any = None) -> BoneMapReport:
     """The keypoint map for an armature.
 
-    bone_map: None = detect the preset from the bone names and apply the armature's
-    `frameprompt_bone_map` custom property (object first, then armature data); a preset name
-    ("mixamo", ...) = that preset plus the custom property; a dict / JSON string = overrides on top of the
-    detected preset (the custom property is then ignored); a BoneMapReport = used as is.
+    bone_map: None = detect the preset from the bone names, guess what they leave unmapped from the
+    hierarchy (`bone_maps.detect_bone_map`) and apply the armature's `frameprompt_bone_map` custom
+    property (object first, then armature data); a preset name ("mixamo", ...) = that preset alone plus
+    the custom property; a dict / JSON string = overrides on top of the detected map (the custom property
+    is then ignored); a BoneMapReport = used as is.
     """
     if armature_obj is None or armature_obj.type != "ARMATURE":
         raise ValueError(
@@ -102,15 +112,26 @@ def resolve_bone_map(armature_obj: Any, bone_map: Any = None) -> BoneMapReport:
         )
     if isinstance(bone_map, BoneMapReport):
         return bone_map
-    names = [b.name for b in armature_obj.data.bones]
+    bones = rest_bones(armature_obj)
+    names = [b.name for b in bones]
     if isinstance(bone_map, str) and bone_map in bone_maps.PRESETS:
-        report = bone_maps.detect_preset(names, bone_map)
+        report = bone_maps.detect_bone_map(bones, bone_map)
         overrides = _override_source(armature_obj)
     else:
-        report = bone_maps.detect_preset(names)
+        report = bone_maps.detect_bone_map(bones)
         overrides = bone_map if bone_map is not None else _override_source(armature_obj)
     if overrides:
         report = bone_maps.apply_overrides(report, overrides, names, [o.name for o in bpy.data.objects])
+    return report
+
+
+def require_humanoid(armature_obj: Any, bone_map: Any = None) -> BoneMapReport:
+    """`resolve_bone_map`, raising ValueError with what was found and the fix when the body joints
+    (shoulders, elbows, wrists, hips, knees, ankles) are not all mapped."""
+    report = resolve_bone_map(armature_obj, bone_map)
+    if not report.ok:
+        names = [b.name for b in armature_obj.data.bones]
+        raise ValueError(bone_maps.not_humanoid_message(report, names, armature_obj.name))
     return report
 
 
@@ -284,3 +305,17 @@ def set_bone_map_overrides(armature_obj: Any, overrides: dict) -> None:
     """Store per-keypoint overrides on the armature object (validated first)."""
     bone_maps.parse_overrides(overrides)
     armature_obj[OVERRIDE_PROPERTY] = json.dumps(overrides)
+
+
+def bone_map_override(armature_obj: Any, key: str) -> str | None:
+    """The armature's override of one keypoint (or "head"); None when it is automatic."""
+    return bone_maps.override_value(_override_source(armature_obj), key)
+
+
+def set_bone_map_override(armature_obj: Any, key: str, value: str | None) -> None:
+    """Set one keypoint's override (None: automatic again) in the armature object's custom property. The
+    object's property is written even when it ends up empty ("{}"): an override stored on the armature
+    data would otherwise come back."""
+    armature_obj[OVERRIDE_PROPERTY] = json.dumps(
+        bone_maps.with_override(_override_source(armature_obj), key, value)
+    )

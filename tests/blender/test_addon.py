@@ -13,7 +13,15 @@ import pytest
 from frameprompt_blender.blender import jobs, sequencer
 from frameprompt_blender.blender.export import JobSpec, spec_from_scene, spec_problems
 
-OPERATORS = ("export", "animate", "cancel", "test_connection", "show_result", "toggle_overlay")
+OPERATORS = (
+    "export",
+    "animate",
+    "cancel",
+    "test_connection",
+    "show_result",
+    "toggle_overlay",
+    "import_mocap",
+)
 
 
 def _write_pngs(folder: Path, n: int, size: int = 16) -> list[Path]:
@@ -35,6 +43,7 @@ def test_register_exposes_operators_panel_and_preferences(addon):
     for name in OPERATORS:
         assert hasattr(bpy.ops.frameprompt, name), name
     assert hasattr(bpy.types, "FRAMEPROMPT_PT_animate")
+    assert bpy.types.FRAMEPROMPT_PT_bone_map.bl_parent_id == "FRAMEPROMPT_PT_animate"
     panel = bpy.types.FRAMEPROMPT_PT_animate
     assert panel.bl_category == "FramePrompt"
     assert panel.bl_label == "Animate with FramePrompt"
@@ -52,7 +61,9 @@ def test_unregister_and_register_again_is_clean(addon):
     frameprompt_blender.unregister()
     try:
         assert not hasattr(bpy.types, "FRAMEPROMPT_PT_animate")
+        assert not hasattr(bpy.types, "FRAMEPROMPT_PT_bone_map")
         assert not hasattr(bpy.types.Scene, "frameprompt")
+        assert not hasattr(bpy.types.Object, "frameprompt_bones")
         assert not any(
             getattr(h, "__module__", "").startswith("frameprompt") for h in bpy.app.handlers.load_pre
         )

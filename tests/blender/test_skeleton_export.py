@@ -16,7 +16,7 @@ from mathutils import Quaternion, Vector  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from frameprompt_blender.blender import skeleton as S  # noqa: E402
-from frameprompt_blender.core.bone_maps import detect_preset  # noqa: E402
+from frameprompt_blender.core.bone_maps import JointRef, detect_preset  # noqa: E402
 from frameprompt_blender.core.keypoints import LIMB_COLORS, NECK, NOSE, R_ELBOW, R_WRIST  # noqa: E402
 from frameprompt_blender.core.openpose_draw import draw_pose  # noqa: E402
 from frameprompt_blender.core.openpose_json import read_pose_folder  # noqa: E402
@@ -170,7 +170,8 @@ import json, os, sys, bpy, addon_utils
 bpy.ops.wm.read_homefile(use_empty=True)
 addon_utils.enable("rigify", default_set=True, handle_error=None)
 bpy.ops.object.armature_human_metarig_add()
-bones = [(b.name, tuple(b.head_local), tuple(b.tail_local)) for b in bpy.context.object.data.bones]
+bones = [(b.name, tuple(b.head_local), tuple(b.tail_local), b.parent.name if b.parent else None)
+         for b in bpy.context.object.data.bones]
 addon_utils.disable("rigify", default_set=True)
 sys.stdout.write("BONES" + json.dumps(bones) + "\\n"); sys.stdout.flush()
 os._exit(0)  # never risk the bpy 4.5 exit hang with an add-on's classes around
@@ -179,8 +180,8 @@ os._exit(0)  # never risk the bpy 4.5 exit hang with an add-on's classes around
 
 @pytest.fixture(scope="module")
 def metarig_bones():
-    """Bone names and rest positions of Blender's real human meta-rig (Rigify's "Add > Armature > Human"),
-    taken in a child process so Rigify is never registered in the test process."""
+    """Bone names, rest positions and parents of Blender's real human meta-rig (Rigify's "Add > Armature >
+    Human"), taken in a child process so Rigify is never registered in the test process."""
     import os
     import subprocess
     import sys
@@ -193,16 +194,26 @@ def metarig_bones():
     return json.loads(line[5:])
 
 
-def test_real_metarig(scene, metarig_bones):
-    data = bpy.data.armatures.new("metarig")
-    meta = bpy.data.objects.new("metarig", data)
-    scene.collection.objects.link(meta)
-    bpy.context.view_layer.objects.active = meta
+def build_rig(scene, name: str, bones, rename=lambda n: n):
+    """An armature from (name, head, tail, parent) rows, each name passed through `rename`."""
+    data = bpy.data.armatures.new(name)
+    rig = bpy.data.objects.new(name, data)
+    scene.collection.objects.link(rig)
+    bpy.context.view_layer.objects.active = rig
     bpy.ops.object.mode_set(mode="EDIT")
-    for name, head, tail in metarig_bones:
-        eb = data.edit_bones.new(name)
+    for bone, head, tail, _ in bones:
+        eb = data.edit_bones.new(rename(bone))
         eb.head, eb.tail = Vector(head), Vector(tail)
+    for bone, _, _, parent in bones:
+        if parent is not None:
+            data.edit_bones[rename(bone)].parent = data.edit_bones[rename(parent)]
     bpy.ops.object.mode_set(mode="OBJECT")
+    return rig
+
+
+def test_real_metarig(scene, metarig_bones):
+    meta = build_rig(scene, "metarig", metarig_bones)
+    data = meta.data
     assert len(data.bones) > 150
     report = S.resolve_bone_map(meta)
     assert report.preset == "metarig" and report.ok and not report.missing
@@ -218,6 +229,25 @@ def test_real_metarig(scene, metarig_bones):
     est = S.armature_pose(scene, meta, scene.camera, 1, W, H, bone_map=detect_preset(names))
     face_px = np.abs(est.keypoints[[0, 14, 15, 16, 17], :2] - pose.keypoints[[0, 14, 15, 16, 17], :2]).max()
     assert face_px < 1.5, face_px
+
+
+def test_real_metarig_with_meaningless_names_is_read_from_its_hierarchy(scene, metarig_bones):
+    """All 159 bones renamed bone_000 ...: the hierarchy guess finds the same joints as the meta-rig's
+    names, and the same head bone, so the exported keypoints are the same."""
+    alias = {row[0]: f"bone_{i:03d}" for i, row in enumerate(metarig_bones)}
+    named = build_rig(scene, "named", metarig_bones)
+    anon = build_rig(scene, "anon", metarig_bones, rename=alias.__getitem__)
+    ref, report = S.resolve_bone_map(named), S.resolve_bone_map(anon)
+    assert report.preset == "hierarchy" and report.ok and set(report.guessed) == set(range(2, 14))
+    body = {k: JointRef(alias[j.name], j.end) for k, j in ref.joints.items() if k in report.guessed}
+    assert {k: report.joints[k] for k in body} == body, report.summary()
+    assert report.head_bone == alias["spine.006"] and report.head_guessed
+    scene.camera.location = (0, -6, 1.2)
+    a = S.armature_pose(scene, named, scene.camera, 1, W, H, bone_map=detect_preset([b[0] for b in metarig_bones
+                        if b[0].split(".")[0] not in ("nose", "eye", "ear")]))  # fmt: skip
+    b = S.armature_pose(scene, anon, scene.camera, 1, W, H)
+    assert b.visible.all()
+    assert np.abs(a.keypoints[:, :2] - b.keypoints[:, :2]).max() < 1e-3  # face points from the same head
 
 
 def test_orthographic_camera(scene):

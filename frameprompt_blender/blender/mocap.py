@@ -1,0 +1,110 @@
+"""Motion capture in: a BVH or FBX file read by Blender's own importers (`import_anim.bvh`,
+`import_scene.fbx`), as a new armature, or its animation put onto an armature with the same bones.
+
+FramePrompt does not retarget: "onto" assigns the clip's action as it is, which is right when the clip
+was made for that skeleton (a Mixamo character and Mixamo animations, a BVH and a rig built from it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from .export import FramePromptUserError
+
+IMPORTERS = {".bvh": ("import_anim", "bvh", "BVH format (io_anim_bvh)"),
+             ".fbx": ("import_scene", "fbx", "FBX format (io_scene_fbx)")}  # fmt: skip
+_BONE_PATH = re.compile(r'^pose\.bones\["((?:[^"\\]|\\.)*)"\]')
+
+
+def _importer(suffix: str) -> Any:
+    if suffix not in IMPORTERS:
+        raise FramePromptUserError(
+            f"Motion-capture files must be .bvh or .fbx, not '{suffix or 'no extension'}'"
+        )
+    group, name, addon = IMPORTERS[suffix]
+    op = getattr(getattr(bpy.ops, group), name)
+    try:
+        op.get_rna_type()
+    except KeyError:
+        raise FramePromptUserError(
+            f"Blender's {suffix} importer is off: enable the add-on '{addon}' in Preferences > Add-ons"
+        ) from None
+    return op
+
+
+def _fcurves(action: Any, animation_data: Any) -> Any:
+    """The action's F-curves: through its slot's channelbag in Blender 4.4+ (`Action.fcurves` is gone
+    in 5.0), directly before."""
+    slot = getattr(animation_data, "action_slot", None)
+    if slot is not None:
+        from bpy_extras.anim_utils import action_get_channelbag_for_slot
+
+        bag = action_get_channelbag_for_slot(action, slot)
+        return bag.fcurves if bag is not None else []
+    return action.fcurves
+
+
+def animated_bones(armature_obj: Any) -> set[str]:
+    """The names of the bones the armature's action animates."""
+    ad = armature_obj.animation_data
+    if ad is None or ad.action is None:
+        return set()
+    found = (_BONE_PATH.match(fc.data_path) for fc in _fcurves(ad.action, ad))
+    return {m.group(1).replace('\\"', '"') for m in found if m}
+
+
+def import_mocap(path: str | Path, scene: Any = None, *, onto: Any = None, scale: float = 1.0) -> Any:
+    """Import a .bvh or .fbx file into `scene` (default: the active one) and return the armature that
+    plays it; the scene's frame range becomes the clip's.
+
+    onto None: the file's armature (with its meshes, for an FBX character). onto an armature: the clip's
+    action is assigned to it, after checking that it has every bone the clip animates; what the file
+    brought in is removed again. `scale` is the importers' own (BVH in centimetres: 0.01).
+    """
+    path = Path(bpy.path.abspath(str(path)))
+    if not path.is_file():
+        raise FramePromptUserError(f"Motion-capture file {path} not found")
+    op = _importer(path.suffix.lower())
+    scene = scene or bpy.context.scene
+    window = bpy.context.window
+    if window is not None and window.scene != scene:  # the importers add to the context's scene
+        window.scene = scene
+    before = set(bpy.data.objects)
+    result = op(filepath=str(path), global_scale=float(scale))
+    added = [o for o in bpy.data.objects if o not in before]
+    arms = sorted((o for o in added if o.type == "ARMATURE"), key=lambda o: -len(o.data.bones))
+    if "FINISHED" not in result or not arms:
+        for o in added:
+            bpy.data.objects.remove(o)
+        raise FramePromptUserError(f"{path.name} holds no armature: a motion-capture file needs a skeleton")
+    clip = arms[0]
+    ad = clip.animation_data
+    if ad is None or ad.action is None:
+        raise FramePromptUserError(f"{path.name} holds a skeleton but no animation")
+    action = ad.action
+    first = int(round(action.frame_range[0]))
+    scene.frame_start, scene.frame_end = first, max(first, int(round(action.frame_range[1])))
+    if onto is None:
+        return clip
+
+    missing = sorted(animated_bones(clip) - {b.name for b in onto.data.bones})
+    if missing:
+        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+        for o in added:
+            bpy.data.objects.remove(o)
+        raise FramePromptUserError(
+            f"{path.name} animates bones that armature '{onto.name}' lacks ({shown}): it was made for "
+            "another skeleton; import it as a new armature instead"
+        )
+    slot = getattr(ad, "action_slot", None)
+    target = onto.animation_data or onto.animation_data_create()
+    target.action = action
+    if slot is not None:
+        target.action_slot = slot
+    for o in added:
+        bpy.data.objects.remove(o)
+    return onto
