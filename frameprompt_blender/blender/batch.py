@@ -7,8 +7,10 @@ From a shell, with the bpy module (pip install bpy) or inside Blender::
         -- --server tcp://127.0.0.1:5555 --out DIR [--frames 16] [--start 1] [--render-mp4]
 
 ``--export-only`` writes just the job folder (``DIR/reference.png``, ``DIR/pose/``, ``DIR/skeleton/``)
-and needs no server. Without ``--width/--height`` the size is the scene's render size (resolution x
-percentage), and without ``--start/--frames`` the scene's frame range. ``--mocap FILE`` imports a BVH or
+and needs no server. Without ``--width/--height`` an export has the scene's render size (resolution x
+percentage), and an animation the camera's aspect at the pixel count of the server's model (its native
+size, from hello), within the largest size it takes; without ``--start/--frames`` the scene's frame
+range. ``--mocap FILE`` imports a BVH or
 FBX clip first. On any failure the message goes to stderr and the exit code is non-zero.
 
 From Python (bpy imported, a scene built or loaded)::
@@ -84,11 +86,13 @@ def scene_render_size(scene: Any) -> tuple[int, int]:
 
 
 def _output_size(
-    scene: Any, width: int | None, height: int | None, export_only: bool, say: Any
+    scene: Any, width: int | None, height: int | None, export_only: bool, say: Any, model: Any = None
 ) -> tuple[int, int, bool]:
-    """(width, height, scene_resolution): explicit sizes as given; else the scene's render size, exact for
-    an export (the skeleton then lines up with the scene camera's own render) and rounded to multiples
-    of 16 for the model, as the panel's "Scene resolution" does."""
+    """(width, height, scene_resolution): explicit sizes as given; else for an export the scene's render
+    size, exact (the skeleton then lines up with the scene camera's own render); for the model, with
+    `model` (the server's hello `model_size`) the camera's aspect at the model's native pixel count in
+    its size multiples and within its largest size, as the panel's "Model size" does; without (an older
+    server) the scene's render size rounded to multiples of 16, as the panel's "Scene resolution" does."""
     if (width is None) != (height is None):
         raise FramePromptUserError(
             "Pass both --width and --height, or neither to use the scene's render size"
@@ -99,6 +103,15 @@ def _output_size(
     if export_only:
         say(f"frameprompt: size {w}x{h}, the scene's render resolution")
         return w, h, True
+    if model is not None:
+        from .properties import model_output_size
+
+        mw, mh = model_output_size(scene, model) or (w, h)
+        say(
+            f"frameprompt: size {mw}x{mh}: the camera's aspect at the model's native "
+            f"{model.native_width}x{model.native_height} pixels (at most {model.max_width}x{model.max_height})"
+        )
+        return mw, mh, False
     w16, h16 = max(16, round(w / 16) * 16), max(16, round(h / 16) * 16)
     if (w16, h16) == (w, h):
         say(f"frameprompt: size {w}x{h}, the scene's render resolution")
@@ -164,9 +177,11 @@ def run_batch(
     free Sequencer channel, saves ``save_blend_path`` (default ``out_dir/<scene name>.blend``; pass
     ``save_blend=False`` to skip) and with ``render_mp4`` renders ``out_dir/<scene name>.mp4``.
 
-    Without ``width``/``height`` the size is the scene's render resolution x percentage (rounded to
-    multiples of 16 unless ``export_only``); without ``frame_start``/``num_frames``, the scene's frame
-    range.
+    Without ``width``/``height`` the size is, for ``export_only``, the scene's render resolution x
+    percentage; else the scene camera's aspect at the model's native pixel count, rounded to the model's
+    size multiple and within its largest size, as the server's hello reports them (``model_size``; an
+    older server: the scene's render size rounded to multiples of 16). Without
+    ``frame_start``/``num_frames``, the scene's frame range.
 
     Returns ``{"job_dir", "reference", "pose_dir", "skeleton_dir", "frames", "frames_dir", "strip",
     "blend", "video"}`` (absent outputs are None). Raises FramePromptUserError (bad scene or settings)
@@ -178,81 +193,93 @@ def run_batch(
     cam = _resolve_object(scene, camera, "CAMERA")
     start = int(scene.frame_start if frame_start is None else frame_start)
     n = int(_default_num_frames(scene, start) if num_frames is None else num_frames)
-    width, height, scene_resolution = _output_size(scene, width, height, export_only, say)
-    out = Path(out_dir).resolve()
-    spec = JobSpec(
-        scene=scene.name,
-        armature=arm.name,
-        camera=cam.name,
-        frame_start=start,
-        num_frames=n,
-        width=width,
-        height=height,
-        scene_resolution=scene_resolution,
-        reference_source="IMAGE" if reference_image else "RENDER",
-        reference_frame=reference_frame,
-        reference_image=str(reference_image),
-        prompt=prompt,
-        seed=int(seed),
-        steps=int(steps),
-        guidance=float(guidance),
-        lora=lora,
-    )
-    export = export_job(spec, out, log=lambda m: say(f"frameprompt: {m}"))
-    for w in export.warnings:
-        say(f"frameprompt: warning: {w}")
-    result: dict[str, Any] = {
-        "job_dir": str(out),
-        "reference": str(export.reference),
-        "pose_dir": str(export.pose_dir),
-        "skeleton_dir": str(export.skeleton_dir),
-        "frames": [],
-        "frames_dir": None,
-        "strip": None,
-        "blend": None,
-        "video": None,
-    }
-    if export_only:
-        return result
-
-    settings = Settings(
-        server_address=server_address,
-        curve_keys_dir=curve_keys_dir,
-        connect_timeout=connect_timeout,
-        job_timeout=job_timeout,
-        keep_inputs=True,
-    )
-    manager = JobManager()
-    manager.log_to_stdout = log is not None
+    manager: JobManager | None = None
+    settings: Settings | None = None
+    model = None
+    if not export_only:
+        settings = Settings(
+            server_address=server_address,
+            curve_keys_dir=curve_keys_dir,
+            connect_timeout=connect_timeout,
+            job_timeout=job_timeout,
+            keep_inputs=True,
+        )
+        manager = JobManager()
+        manager.log_to_stdout = log is not None
     try:
+        if manager is not None and settings is not None and width is None and height is None:
+            # the size comes from the server's model: ask it before exporting
+            from ..wire.protocol import ModelSize
+
+            model = ModelSize.from_hello(manager.test_connection(settings))
+        width, height, scene_resolution = _output_size(scene, width, height, export_only, say, model)
+        out = Path(out_dir).resolve()
+        spec = JobSpec(
+            scene=scene.name,
+            armature=arm.name,
+            camera=cam.name,
+            frame_start=start,
+            num_frames=n,
+            width=width,
+            height=height,
+            scene_resolution=scene_resolution,
+            reference_source="IMAGE" if reference_image else "RENDER",
+            reference_frame=reference_frame,
+            reference_image=str(reference_image),
+            prompt=prompt,
+            seed=int(seed),
+            steps=int(steps),
+            guidance=float(guidance),
+            lora=lora,
+        )
+        export = export_job(spec, out, log=lambda m: say(f"frameprompt: {m}"))
+        for w in export.warnings:
+            say(f"frameprompt: warning: {w}")
+        result: dict[str, Any] = {
+            "job_dir": str(out),
+            "reference": str(export.reference),
+            "pose_dir": str(export.pose_dir),
+            "skeleton_dir": str(export.skeleton_dir),
+            "frames": [],
+            "frames_dir": None,
+            "strip": None,
+            "blend": None,
+            "video": None,
+        }
+        if export_only or manager is None or settings is None:
+            return result
+
         state = manager.run_blocking(spec, export, settings, scene.name)
+        result["frames"] = list(state.frames)
+        result["frames_dir"] = str(out / "frames")
+        result["strip"] = state.strip
+
+        if save_blend:
+            blend = Path(save_blend_path) if save_blend_path else out / f"{_safe(scene.name)}.blend"
+            blend = blend.resolve()
+            blend.parent.mkdir(parents=True, exist_ok=True)
+            bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=False)
+            strip = find_strip(scene, state.strip)
+            if (
+                strip is not None
+            ):  # store the frames relative to the new .blend: the pair can be moved together
+                with contextlib.suppress(ValueError):
+                    strip.directory = bpy.path.relpath(str(out / "frames")) + "/"
+                bpy.ops.wm.save_mainfile()
+            result["blend"] = str(blend)
+            say(f"frameprompt: saved {blend}")
+
+        if render_mp4:
+            strip = find_strip(scene, state.strip)
+            s0, s1 = strip_range(strip)
+            video = out / f"{_safe(scene.name)}.mp4"
+            render_sequencer_mp4(scene, video, s0, s1 - 1, width, height)
+            result["video"] = str(video)
+            say(f"frameprompt: rendered {video}")
+        return result
     finally:
-        manager.close_client()
-    result["frames"] = list(state.frames)
-    result["frames_dir"] = str(out / "frames")
-    result["strip"] = state.strip
-
-    if save_blend:
-        blend = Path(save_blend_path) if save_blend_path else out / f"{_safe(scene.name)}.blend"
-        blend = blend.resolve()
-        blend.parent.mkdir(parents=True, exist_ok=True)
-        bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=False)
-        strip = find_strip(scene, state.strip)
-        if strip is not None:  # store the frames relative to the new .blend: the pair can be moved together
-            with contextlib.suppress(ValueError):
-                strip.directory = bpy.path.relpath(str(out / "frames")) + "/"
-            bpy.ops.wm.save_mainfile()
-        result["blend"] = str(blend)
-        say(f"frameprompt: saved {blend}")
-
-    if render_mp4:
-        strip = find_strip(scene, state.strip)
-        s0, s1 = strip_range(strip)
-        video = out / f"{_safe(scene.name)}.mp4"
-        render_sequencer_mp4(scene, video, s0, s1 - 1, width, height)
-        result["video"] = str(video)
-        say(f"frameprompt: rendered {video}")
-    return result
+        if manager is not None:
+            manager.close_client()
 
 
 def _safe(name: str) -> str:
@@ -291,9 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mocap-scale", type=float, default=1.0, help="importer scale (BVH in cm: 0.01)")
     p.add_argument("--start", type=int, help="first frame (default: the scene start)")
     p.add_argument("--frames", type=int, help="number of frames N, any count (default: the scene range)")
-    p.add_argument("--width", type=int, help="output width (default: the scene's render size; the demo 480)")
     p.add_argument(
-        "--height", type=int, help="output height (default: the scene's render size; the demo 832)"
+        "--width",
+        type=int,
+        help="output width (default: the camera's aspect at the model's native pixel count; "
+        "--export-only: the scene's render size)",
+    )
+    p.add_argument(
+        "--height",
+        type=int,
+        help="output height (default: the camera's aspect at the model's native pixel count; "
+        "--export-only: the scene's render size)",
     )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)

@@ -219,21 +219,24 @@ def export_job(spec: JobSpec, job_dir: str | Path, *, log: Any = None) -> Export
 
 def spec_from_scene(context: Any, scene: Any = None) -> JobSpec:
     """A :class:`JobSpec` from the panel settings (``scene.frameprompt``) with the defaults resolved."""
-    from .properties import effective_armature, effective_camera, effective_start
+    from .properties import effective_armature, effective_camera, effective_start, model_output_size
 
     scene = scene or context.scene
     s = scene.frameprompt
     arm = effective_armature(scene, s, context)
     cam = effective_camera(scene, s)
     start = effective_start(scene, s)
+    width, height = int(s.width), int(s.height)
+    if s.resolution_preset == "MODEL":  # the model's size for this camera, once the backend reported it
+        width, height = model_output_size(scene) or (width, height)
     return JobSpec(
         scene=scene.name,
         armature=arm.name if arm else "",
         camera=cam.name if cam else "",
         frame_start=start,
         num_frames=int(s.num_frames),
-        width=int(s.width),
-        height=int(s.height),
+        width=width,
+        height=height,
         reference_source=s.reference_source,
         reference_frame=start + int(s.reference_frame_offset),
         reference_image=s.reference_image,

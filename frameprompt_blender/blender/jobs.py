@@ -204,13 +204,17 @@ class JobManager:
         bpy.app.timers.register(poll, first_interval=0.2)
 
     def _set_backend(self, info: Any, exc: BaseException | None, address: str) -> None:
+        from .properties import set_backend_model_size
+
         if exc is not None or not isinstance(info, dict):
+            set_backend_model_size(None)
             self.backend = {}
             self.backend_error = _describe(exc, address) if exc else "the backend sent no hello"
             self.close_client()
             return
         self.backend = dict(info)
         self.backend_error = ""
+        set_backend_model_size(self.backend)
         loras = self.backend.get("loras") or []
         from .properties import set_backend_loras
 

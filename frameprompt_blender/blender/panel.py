@@ -32,7 +32,7 @@ class FRAMEPROMPT_PT_animate(bpy.types.Panel):
 
         _draw_subject(layout, context, scene, settings)
         _draw_frames(layout, scene, settings)
-        _draw_resolution(layout, settings)
+        _draw_resolution(layout, scene, settings)
         _draw_reference(layout, settings)
         _draw_generation(layout, settings)
         _draw_backend(layout)
@@ -91,13 +91,33 @@ def _draw_frames(layout: Any, scene: Any, settings: Any) -> None:
     col.label(text=f"Frames {start}–{start + settings.num_frames - 1}", icon="TIME")
 
 
-def _draw_resolution(layout: Any, settings: Any) -> None:
+def _draw_resolution(layout: Any, scene: Any, settings: Any) -> None:
+    from .properties import backend_model_size, model_output_size
+
     col = layout.column(align=True)
     col.prop(settings, "resolution_preset")
+    model = backend_model_size()
+    size = model_output_size(scene, model) if settings.resolution_preset == "MODEL" else None
+    if size is not None and model is not None:
+        # the size the job will have, before it starts: the camera's aspect at the model's pixel count
+        col.label(text=f"Model size {size[0]}×{size[1]}", icon="CHECKMARK")
+        col.label(
+            text=f"Native {model.native_width}×{model.native_height}, at most "
+            f"{model.max_width}×{model.max_height}"
+        )
+        return
     sub = col.column(align=True)
     sub.enabled = settings.resolution_preset == "CUSTOM"
     sub.prop(settings, "width")
     sub.prop(settings, "height")
+    if settings.resolution_preset == "MODEL":
+        col.label(text="Model size: Test Connection to read it; until then the size above", icon="INFO")
+    if model is not None:
+        col.label(
+            text=f"Model native {model.native_width}×{model.native_height}, at most "
+            f"{model.max_width}×{model.max_height}"
+        )
+        return
     caps = MANAGER.backend.get("limits") if MANAGER.backend else None
     if caps:
         col.label(text=f"Backend max {caps.get('max_width', '?')}×{caps.get('max_height', '?')}")

@@ -15,6 +15,7 @@ from bpy.props import (
 )
 
 from ..core.keypoints import KEYPOINT_NAMES
+from ..wire.protocol import ModelSize, fit_model_size
 
 # (id, label, width, height)
 RESOLUTION_PRESETS: list[tuple[str, str, int, int]] = [
@@ -30,6 +31,36 @@ _LORA_ITEMS_CACHE: list[tuple[str, str, str]] = []
 
 def set_backend_loras(names: list[str]) -> None:
     _BACKEND_LORAS[:] = [str(n) for n in names]
+
+
+# The model's sizes from the backend's last hello (`model_size`, protocol revision 3; filled by jobs.py).
+_BACKEND_MODEL_SIZE: list[ModelSize] = []
+
+
+def set_backend_model_size(hello: Any) -> ModelSize | None:
+    """Remember the model sizes a hello reported (None/no `model_size`: forget them)."""
+    ms = ModelSize.from_hello(hello)
+    _BACKEND_MODEL_SIZE[:] = [ms] if ms is not None else []
+    return ms
+
+
+def backend_model_size() -> ModelSize | None:
+    return _BACKEND_MODEL_SIZE[0] if _BACKEND_MODEL_SIZE else None
+
+
+def camera_aspect(scene: Any) -> float:
+    """Width / height of what the scene camera renders (resolution and pixel aspect)."""
+    r = scene.render
+    return (r.resolution_x * r.pixel_aspect_x) / max(1e-6, r.resolution_y * r.pixel_aspect_y)
+
+
+def model_output_size(scene: Any, model: ModelSize | None = None) -> tuple[int, int] | None:
+    """The "Model size" choice: the scene camera's aspect at the model's native pixel count, in the
+    model's size multiples, within its largest size; None while the backend has not reported its model."""
+    model = model or backend_model_size()
+    if model is None:
+        return None
+    return fit_model_size(camera_aspect(scene), model)
 
 
 def _lora_items(self: Any, context: Any) -> list[tuple[str, str, str]]:
@@ -52,6 +83,11 @@ def _preset_update(self: Any, context: Any) -> None:
         if ident == self.resolution_preset:
             self.width, self.height = w, h
             return
+    if self.resolution_preset == "MODEL":
+        size = model_output_size(context.scene)
+        if size is not None:
+            self.width, self.height = size
+        return
     if self.resolution_preset == "SCENE":
         r = context.scene.render
         pct = r.resolution_percentage / 100.0
@@ -94,12 +130,19 @@ class FRAMEPROMPT_SceneSettings(bpy.types.PropertyGroup):
     resolution_preset: EnumProperty(  # type: ignore[valid-type]
         name="Resolution",
         description="Output size; width and height must be multiples of 16",
+        # new items go last: a .blend stores the item's index
         items=[(i, label, f"{w}×{h}") for i, label, w, h in RESOLUTION_PRESETS]
         + [
             ("SCENE", "Scene resolution", "The scene's render size rounded to multiples of 16"),
             ("CUSTOM", "Custom", "Width and height below"),
+            (
+                "MODEL",
+                "Model size",
+                "The scene camera's aspect at the pixel count the backend's model was made for, within the "
+                "largest size it takes (Test Connection reads it; until then, width and height below)",
+            ),
         ],
-        default="480P_PORTRAIT",
+        default="MODEL",
         update=_preset_update,
     )
     width: IntProperty(  # type: ignore[valid-type]

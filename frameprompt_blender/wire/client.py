@@ -273,6 +273,12 @@ class FramePromptClient:
             self._limits = P.Limits.from_dict(info.get("limits") or {})
         return info
 
+    @property
+    def model_size(self) -> P.ModelSize | None:
+        """The model's sizes from the last hello (`model_size`, protocol revision 3), or None (no hello yet,
+        an older server, or no model loaded)."""
+        return P.ModelSize.from_hello(self.server_info)
+
     def status(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The job's state on the server: {'state', 'queue_position', 'progress', 'error', 'meta', ...}."""
         return self._request("status", P.build_job_request("status", job_id, self._new_req()), timeout)

@@ -14,7 +14,9 @@ Revisions: the wire version `v` is still 1; revision 2 adds raw RGB result frame
 "rgb8"` in a submit, parts of kind "rgb8" in a result). It is additive: a revision-1 server ignores the
 unknown `result_format` key and answers with PNG frames (clients read each part's `kind`), and a
 revision-1 client never asks for rgb8, so it only ever sees PNG frames. Servers advertise `revision` and
-`frame_formats` in hello.
+`frame_formats` in hello. Revision 3 adds `model_size` to hello (the model's native size, largest size,
+size multiple and window; `ModelSize`), and a server of revision 3 refuses at submit a size its model
+cannot take (`check_model_size`); `fit_model_size` is the client's choice of a size for a camera aspect.
 
 The ROUTER on the server side prepends the client's routing id; it is not part of this module's frames.
 """
@@ -35,8 +37,9 @@ from ..core.errors import FramePromptError
 from ..core.frame_names import frame_name
 
 PROTOCOL_VERSION = 1
-# Additive revisions of version 1 (see the module docstring and docs/protocol.md): 2 = rgb8 result frames.
-PROTOCOL_REVISION = 2
+# Additive revisions of version 1 (see the module docstring and docs/protocol.md): 2 = rgb8 result frames,
+# 3 = hello `model_size`, sizes checked against the model at submit.
+PROTOCOL_REVISION = 3
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 # Messages a client sends, and messages a server sends.
@@ -373,6 +376,119 @@ def build_hello(req: str | None = None, client: str = "") -> list[bytes]:
     if req:
         fields["req"] = req
     return encode("hello", fields)
+
+
+# -------------------------------------------------------------------------------- the model's sizes
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What a server's model takes (hello `model_size`, revision 3): `native_width` x `native_height` is
+    the size it was made for (its pixel count is what a client aims at), `max_width` x `max_height` the
+    largest it takes (its rotary position table, and the server's limits), and both sides must be
+    multiples of `size_multiple` (the VAE's spatial factor times the transformer's patch).
+    `window_frames`: frames per generation window (None = unknown)."""
+
+    native_width: int
+    native_height: int
+    max_width: int
+    max_height: int
+    size_multiple: int = 16
+    window_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("native_width", "native_height", "max_width", "max_height", "size_multiple"):
+            v = getattr(self, key)
+            if not _is_int(v) or v < 1:
+                raise ValueError(f"ModelSize.{key} must be a positive int, not {v!r}")
+        if self.window_frames is not None and (not _is_int(self.window_frames) or self.window_frames < 1):
+            raise ValueError(
+                f"ModelSize.window_frames must be a positive int or None, not {self.window_frames!r}"
+            )
+
+    def to_dict(self) -> dict[str, int | None]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ModelSize | None:
+        """A hello's `model_size` object, or None when absent or malformed (an older or model-less server)."""
+        if not isinstance(d, Mapping):
+            return None
+        keys = ("native_width", "native_height", "max_width", "max_height", "size_multiple")
+        if not all(_is_int(d.get(k)) and d[k] > 0 for k in keys):
+            return None
+        window = d.get("window_frames")
+        window = window if _is_int(window) and window > 0 else None
+        nw, nh, mw, mh, m = (int(d[k]) for k in keys)
+        return cls(nw, nh, mw, mh, m, window)
+
+    @classmethod
+    def from_hello(cls, hello: Any) -> ModelSize | None:
+        return cls.from_dict(hello.get("model_size")) if isinstance(hello, Mapping) else None
+
+    @property
+    def native_pixels(self) -> int:
+        return self.native_width * self.native_height
+
+
+def fit_size(
+    aspect: float,
+    pixels: float,
+    multiple: int = 16,
+    max_width: int | None = None,
+    max_height: int | None = None,
+) -> tuple[int, int]:
+    """(width, height) with width / height ~ `aspect` and width * height ~ `pixels`, each a multiple of
+    `multiple` (at least one multiple), scaled down as a whole (keeping the aspect) to fit within
+    `max_width` x `max_height`."""
+    if not (_is_number(aspect) and aspect > 0):
+        raise ValueError(f"aspect must be a positive number, not {aspect!r}")
+    if not (_is_number(pixels) and pixels > 0):
+        raise ValueError(f"pixels must be a positive number, not {pixels!r}")
+    if not (_is_int(multiple) and multiple > 0):
+        raise ValueError(f"multiple must be a positive int, not {multiple!r}")
+    w, h = math.sqrt(pixels * aspect), math.sqrt(pixels / aspect)
+    # the largest multiples that fit (at least one multiple, even under a smaller cap)
+    cap_w = max(multiple, (max_width // multiple) * multiple) if max_width else None
+    cap_h = max(multiple, (max_height // multiple) * multiple) if max_height else None
+    scale = min(1.0, (cap_w / w) if cap_w else 1.0, (cap_h / h) if cap_h else 1.0)
+    w, h = w * scale, h * scale
+
+    def snap(v: float, cap: int | None) -> int:
+        out = max(multiple, int(math.floor(v / multiple + 0.5)) * multiple)
+        return min(out, cap) if cap else out
+
+    return snap(w, cap_w), snap(h, cap_h)
+
+
+def fit_model_size(aspect: float, model: ModelSize) -> tuple[int, int]:
+    """The size to animate a camera of `aspect` (width / height) with `model`: its native pixel count at
+    that aspect, in multiples of its size multiple, within its largest size."""
+    return fit_size(aspect, model.native_pixels, model.size_multiple, model.max_width, model.max_height)
+
+
+def check_model_size(width: int, height: int, model: ModelSize) -> None:
+    """Raise ProtocolError when `model` cannot take width x height: above its largest size
+    (`resolution_too_large`) or not in multiples of its size multiple (`bad_layout`). The hint names the
+    largest and the native size, and a size of the same aspect that works."""
+    m = model.size_multiple
+    native = f"{model.native_width}x{model.native_height}"
+    largest = f"{model.max_width}x{model.max_height}"
+    fw, fh = fit_model_size(width / height, model)
+    if width > model.max_width or height > model.max_height:
+        raise ProtocolError(
+            "resolution_too_large",
+            f"{width}x{height} is larger than this server's model takes (at most {largest})",
+            f"use at most {largest}; the model's native size is {native} (for this aspect: {fw}x{fh})",
+        )
+    if width % m or height % m:
+        sw = min(model.max_width, max(m, round(width / m) * m))
+        sh = min(model.max_height, max(m, round(height / m) * m))
+        raise ProtocolError(
+            "bad_layout",
+            f"{width}x{height}: this server's model takes widths and heights in multiples of {m}",
+            f"use {sw}x{sh}; the model's native size is {native}, at most {largest}",
+        )
 
 
 # ------------------------------------------------------------------------------------------ submit

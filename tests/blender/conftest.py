@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import json
 import os
 import socket
 import subprocess
@@ -33,6 +34,8 @@ if "bpy" not in sys.modules:
 bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
 
 ADDON = "frameprompt_blender"
+# The tiny model's native size as `tiny_server` writes it into the model's frameprompt_training.json.
+TINY_NATIVE_SIZE = {"width": 96, "height": 64}
 
 
 def _disable_addon() -> None:
@@ -136,6 +139,8 @@ def tiny_server(tmp_path_factory):
     )
     if build.returncode:
         pytest.fail(f"tiny model build failed:\n{build.stderr[-2000:]}")
+    # the native size the server reports in hello (`model_size`); tiny, so model-sized jobs stay fast
+    (model / "frameprompt_training.json").write_text(json.dumps(TINY_NATIVE_SIZE))
     address = f"tcp://127.0.0.1:{free_port()}"
     log = open(root / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(

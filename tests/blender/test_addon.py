@@ -311,3 +311,42 @@ def test_overlay_toggle_computes_visible_joints(demo_scene):
     finally:
         bpy.ops.frameprompt.toggle_overlay()
     assert not overlay.is_enabled()
+
+
+def _drawn_labels(fake: mock.MagicMock) -> list[str]:
+    return [str(c.kwargs.get("text", "")) for c in fake.mock_calls if c[0].endswith(".label")]
+
+
+def test_model_size_is_the_default_and_shown_before_the_job(empty_scene):
+    """The "Model size" preset: the camera's aspect at the model's native pixel count, shown in the panel and used
+    by the job; before the backend reported its model, the width and height fields."""
+    from frameprompt_blender.blender import properties
+
+    scene = empty_scene
+    s = scene.frameprompt
+    assert s.resolution_preset == "MODEL"
+    r = scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = 1920, 1080, 50
+    r.pixel_aspect_x = r.pixel_aspect_y = 1.0
+    properties.set_backend_model_size(None)
+    assert spec_from_scene(bpy.context).width == s.width  # unknown model: the fields
+    assert any("Test Connection" in t for t in _drawn_labels(_draw_panel()))
+    hello = {"model_size": {"native_width": 64, "native_height": 64, "max_width": 512, "max_height": 512,
+                            "size_multiple": 8, "window_frames": 40}}  # fmt: skip
+    try:
+        jobs.MANAGER._set_backend(hello, None, "tcp://127.0.0.1:5555")  # as a hello answer does
+        spec = spec_from_scene(bpy.context)
+        assert (spec.width, spec.height) == (88, 48)  # 16:9 at 64x64's 4096 pixels, multiples of 8
+        labels = _drawn_labels(_draw_panel())
+        assert "Model size 88×48" in labels, labels
+        assert any("Native 64×64" in t and "512×512" in t for t in labels), labels
+        # a portrait camera turns it
+        r.resolution_x, r.resolution_y = 1080, 1920
+        assert (spec_from_scene(bpy.context).width, spec_from_scene(bpy.context).height) == (48, 88)
+        # choosing the preset again writes the size into the fields (a start for "Custom")
+        s.resolution_preset = "CUSTOM"
+        s.resolution_preset = "MODEL"
+        assert (s.width, s.height) == (48, 88)
+    finally:
+        jobs.MANAGER.backend = {}
+        properties.set_backend_model_size(None)

@@ -179,6 +179,34 @@ def test_batch_entry_writes_blend_with_strip_and_mp4(tiny_server, demo_blend, tm
     assert all((folder / el.filename).is_file() for el in strips[0].elements)
 
 
+def test_batch_without_a_size_takes_the_models_size(tiny_server, demo_blend, tmp_path):
+    """No --width/--height: the camera's aspect (the demo's 64x64 render: 1:1) at the model's native pixel
+    count (96x64 = 6144: 78.4 a side), in multiples of 16: 80x80; neither the scene's 64x64 nor 96x64."""
+    from frameprompt_blender.wire.client import FramePromptClient
+    from frameprompt_blender.wire.protocol import ModelSize
+
+    with FramePromptClient(tiny_server, timeout=10.0) as client:
+        model = ModelSize.from_hello(client.hello())
+    assert model is not None and (model.native_width, model.native_height) == (96, 64)
+    out = tmp_path / "out"
+    run = _batch(str(demo_blend), "--server", tiny_server, "--out", str(out), "--frames", "4",
+                 "--steps", "1", "--no-save")  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "size 80x80" in run.stdout and "96x64" in run.stdout, run.stdout[-2000:]
+    frames = sorted((out / "frames").glob("*.png"))
+    assert len(frames) == 4
+    img = bpy.data.images.load(str(frames[0]))
+    try:
+        assert tuple(img.size) == (80, 80)
+    finally:
+        bpy.data.images.remove(img)
+    ref = bpy.data.images.load(str(out / "reference.png"))
+    try:
+        assert tuple(ref.size) == (80, 80)
+    finally:
+        bpy.data.images.remove(ref)
+
+
 def test_batch_export_only_needs_no_server(demo_blend, tmp_path):
     out = tmp_path / "job"
     run = _batch(str(demo_blend), "--out", str(out), "--export-only", "--frames", "4", "--start", "2",

@@ -193,12 +193,32 @@ class Server:
             log.warning("cannot read the LoRA folder %s", d)
         return out
 
-    def capabilities(self) -> dict[str, Any]:
-        caps: dict[str, Any] = {}
+    def _runner_caps(self) -> dict[str, Any]:
         for w in self.workers:
             if w.runner is not None:
-                caps = describe(w.runner)
-                break
+                return describe(w.runner)
+        return {}
+
+    def model_size(self, caps: dict[str, Any] | None = None) -> P.ModelSize | None:
+        """The loaded model's sizes (its runner's `model_size`), the largest clamped to this server's
+        limits; None while no model is loaded or for a runner that says nothing (e.g. echo)."""
+        caps = self._runner_caps() if caps is None else caps
+        ms = P.ModelSize.from_dict(caps.get("model_size"))
+        if ms is None:
+            return None
+        m, lim = ms.size_multiple, self.limits
+        max_w = max(m, min(ms.max_width, lim.max_width) // m * m)
+        max_h = max(m, min(ms.max_height, lim.max_height) // m * m)
+        nw, nh = ms.native_width, ms.native_height
+        if nw > max_w or nh > max_h:
+            nw, nh = P.fit_size(nw / nh, nw * nh, m, max_w, max_h)
+        window = ms.window_frames or self.config.window_frames
+        return P.ModelSize(nw, nh, max_w, max_h, m, window)
+
+    def capabilities(self) -> dict[str, Any]:
+        caps = self._runner_caps()
+        model_size = self.model_size(caps)
+        caps.pop("model_size", None)
         lim = self.limits
         return {
             "server": "frameprompt",
@@ -215,6 +235,8 @@ class Server:
             "max_height": lim.max_height,
             "resolutions": caps.pop("resolutions", None),
             "window_frames": self.config.window_frames,
+            # revision 3: native/largest size, size multiple, window; null while no model is loaded
+            "model_size": model_size.to_dict() if model_size is not None else None,
             "long_animation": self.config.long_animation,
             "pose_formats": list(P.POSE_FORMATS),
             "queue_size": self.config.queue_size,
@@ -340,6 +362,17 @@ class Server:
                 f"{n} frames requested; this server animates at most {self.config.window_frames} per job",
                 "split the animation into shorter jobs",
             )
+        model_size = self.model_size()
+        if model_size is not None:  # refuse now a size the model would fail on after its preparation
+            p, ref = sub.params, sub.reference_info
+            if p.width and p.height:
+                model_size_check = (p.width, p.height)
+            elif ref is not None:  # the runner's default: the reference image's size
+                model_size_check = (ref.width, ref.height)
+            else:
+                model_size_check = None
+            if model_size_check is not None:
+                P.check_model_size(*model_size_check, model_size)
         if sub.params.lora is not None and sub.params.lora not in self.lora_paths():
             raise P.ProtocolError(
                 "unknown_lora",

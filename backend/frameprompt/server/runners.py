@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import time
@@ -24,6 +25,60 @@ log = logging.getLogger("frameprompt.server")
 DEFAULT_STEPS = 50
 DEFAULT_WINDOW_FRAMES = 40  # the paper's N
 DEFAULT_OVERLAP_FRAMES = 8
+# A Wan2.1 checkpoint's native size when nothing says otherwise: 480P (landscape).
+WAN_NATIVE_SIZE = (832, 480)
+TRAINING_INFO_FILE = "frameprompt_training.json"
+
+
+def native_size_of(model_dir: str | os.PathLike | None) -> tuple[int, int]:
+    """(width, height) the model was made for: `frameprompt_training.json`'s width/height (the embedded
+    model and `frameprompt finetune` outputs write it), else Wan2.1's 480P, 832x480."""
+    if model_dir is None:
+        from frameprompt.loading import DEFAULT_MODEL_DIR
+
+        model_dir = DEFAULT_MODEL_DIR
+    info = Path(model_dir) / TRAINING_INFO_FILE
+    try:
+        data = json.loads(info.read_text()) if info.is_file() else {}
+    except (OSError, ValueError):
+        log.warning("cannot read %s; assuming the native size %dx%d", info, *WAN_NATIVE_SIZE)
+        data = {}
+    w, h = (
+        data.get("width") if isinstance(data, dict) else None,
+        data.get("height") if isinstance(data, dict) else None,
+    )
+    if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
+        return w, h
+    return WAN_NATIVE_SIZE
+
+
+def model_size_of(
+    vae: Any, transformer: Any, native: tuple[int, int], window_frames: int | None
+) -> dict[str, Any]:
+    """The hello's `model_size` for a Wan VAE + transformer pair. Sizes are multiples of the VAE's spatial
+    factor times the patch (`SequenceLayout.multiples_for`). The largest: diffusers' WanRotaryPosEmbed
+    slices its table of `rope_max_seq_len` rows by the patch grid (latent size // patch), so each side
+    takes at most rope_max_seq_len patches, i.e. rope_max_seq_len * patch * spatial factor pixels. The
+    native size is scaled down (keeping its aspect) when it is larger than that."""
+    from frameprompt.method import SequenceLayout
+    from frameprompt_blender.wire.protocol import fit_size
+
+    _, multiple = SequenceLayout.multiples_for(vae, transformer)
+    spatial = int(vae.config.scale_factor_spatial)
+    _, p_h, p_w = (int(p) for p in transformer.config.patch_size)
+    rope = int(getattr(transformer.config, "rope_max_seq_len", 0) or 1024)
+    max_w, max_h = rope * p_w * spatial, rope * p_h * spatial
+    nw, nh = native
+    if nw % multiple or nh % multiple or nw > max_w or nh > max_h:
+        nw, nh = fit_size(nw / nh, nw * nh, multiple, max_w, max_h)
+    return {
+        "native_width": nw,
+        "native_height": nh,
+        "max_width": max_w,
+        "max_height": max_h,
+        "size_multiple": multiple,
+        "window_frames": window_frames,
+    }
 
 
 class PipelineRunner:
@@ -49,11 +104,15 @@ class PipelineRunner:
         self.default_steps = default_steps
         self.default_guidance = default_guidance
         self.pipe = load_pipeline(model_path, device=device, dtype=dtype)
+        self.model_size = model_size_of(
+            self.pipe.vae, self.pipe.transformer, native_size_of(model_path), self.window_frames
+        )
         self._adapters: dict[str, str] = {}  # lora path -> adapter name
         self._active: str | None = None
 
     def capabilities(self) -> dict[str, Any]:
         name = Path(self.model_path).name if self.model_path else "embedded-default"
+        size = self.model_size
         return {
             "model": name,
             "default_steps": self.default_steps,
@@ -61,7 +120,8 @@ class PipelineRunner:
             "frame_multiple": 1,
             "window_frames": self.window_frames,
             "overlap_frames": self.overlap_frames,
-            "resolution_multiple": 16,
+            "resolution_multiple": size["size_multiple"],
+            "model_size": size,  # the server clamps it to its limits (hello `model_size`)
         }
 
     def _use_lora(self, path: str | None, scale: float, ctx: RunContext) -> None:
