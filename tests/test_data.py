@@ -129,3 +129,23 @@ def test_latent_cache_encodes_once_and_follows_the_method(tiny_model_dir, tmp_pa
 
     zero = data.build_latent_cache(pipe, clips, tmp_path / "cache_zero", latent_zero_condition=True)
     assert torch.count_nonzero(data.CachedClips(zero)[0]["condition"][:, lc:]) == 0
+
+
+def test_the_same_weights_from_another_folder_keep_their_fingerprint(tmp_path):
+    """Caches and checkpoints name their base by its weights: a copied model reuses them."""
+    import shutil
+
+    from diffusers import WanTransformer3DModel
+    from frameprompt.testing import TINY_TRANSFORMER
+    from frameprompt.training.data import module_fingerprint
+
+    torch.manual_seed(0)
+    WanTransformer3DModel(**TINY_TRANSFORMER).save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "elsewhere" / "b")
+    a = WanTransformer3DModel.from_pretrained(tmp_path / "a")
+    b = WanTransformer3DModel.from_pretrained(tmp_path / "elsewhere" / "b")
+    assert dict(a.config)["_name_or_path"] != dict(b.config)["_name_or_path"]
+    assert module_fingerprint(a) == module_fingerprint(b)
+    with torch.no_grad():
+        b.proj_out.weight.add_(1.0)
+    assert module_fingerprint(a) != module_fingerprint(b)

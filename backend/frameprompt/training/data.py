@@ -326,7 +326,10 @@ def module_fingerprint(module: torch.nn.Module | None) -> str:
     so a 14B model hashes in seconds): caches and checkpoints are reused only for the same weights."""
     if module is None:
         return "none"
-    digest = hashlib.sha256(json.dumps(dict(getattr(module, "config", {}) or {}), default=str).encode())
+    # config keys with a leading "_" say where and by which version it was saved, not what it is:
+    # the same weights loaded from another folder must give the same fingerprint
+    config = {k: v for k, v in dict(getattr(module, "config", {}) or {}).items() if not k.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         flat = tensor.detach().reshape(-1)
         sample = flat[:: max(1, flat.numel() // 4096)]
