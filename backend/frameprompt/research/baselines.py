@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from frameprompt import method
+from frameprompt.method import SequenceLayout
 from frameprompt_blender.core.frame_names import frame_name
 
 KINDS = ("concat", "residual")
@@ -286,7 +287,8 @@ def predict(
     model = BaselineModel(kind, transformer_config, z_dim=transformer_config["out_channels"])
     model.load_state_dict(load_file(str(Path(run) / "checkpoint" / "model.safetensors")))
     vae = AutoencoderKLWan.from_pretrained(Path(model_dir) / "vae").eval()
-    for clip in load_dataset(data, temporal_factor=4, spatial_multiple=8)[:limit]:
+    multiples = SequenceLayout.multiples_for(vae, model.transformer)
+    for clip in load_dataset(data, *multiples)[:limit]:
         reference, skeleton, _ = load_clip_pixels(clip)
         video = generate(model, vae, reference, skeleton, steps=steps)
         frames = ((video[0].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)

@@ -54,6 +54,8 @@ TRANSFORMER_CONFIG = dict(
     rope_max_seq_len=64,
 )
 MAX_SHIPPED_BYTES = 50 * 1024 * 1024
+# frame and size multiples for data that is only read (metrics, pictures), never encoded: any clip
+ANY_CLIP = (1, 1)
 
 
 def init_model(vae_dir: str | Path, out: str | Path, seed: int = 0, **overrides) -> Path:
@@ -185,7 +187,7 @@ def region_psnr(data: str | Path, pred: str | Path, radius: int = 5) -> dict:
     from frameprompt.training.data import clip_skeleton_images, load_dataset
 
     rows: dict[str, list[float]] = {"moving": [], "static": [], "character": [], "moving_fraction": []}
-    for clip in load_dataset(data, temporal_factor=4, spatial_multiple=8):
+    for clip in load_dataset(data, *ANY_CLIP):
         files = sorted((Path(pred) / clip.name).glob("*.png"))
         if not files:
             continue
@@ -233,7 +235,7 @@ def comparison_grid(
         )
         if (Path(pred) / k).is_dir()
     ]
-    selected = load_dataset(data, temporal_factor=4, spatial_multiple=8)[:clips]
+    selected = load_dataset(data, *ANY_CLIP)[:clips]
     rows: list[list[PIL.Image.Image]] = []
     labels: list[str] = []
     for clip in selected:
