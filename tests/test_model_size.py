@@ -221,3 +221,100 @@ def test_embedded_model_size() -> None:
         pytest.skip("the embedded model is not installed in this build")
     info = json.loads((DEFAULT_MODEL_DIR / "frameprompt_training.json").read_text())
     assert native_size_of(None) == (info["width"], info["height"])
+
+
+# --------------------------------------------------------------- frames per window: the rotary table's rows
+
+
+def _configs(model_dir) -> tuple[Any, Any]:
+    """The VAE and transformer of a diffusers model folder, their configs only (no weights)."""
+    from types import SimpleNamespace
+
+    def cfg(sub: str) -> Any:
+        return SimpleNamespace(
+            config=SimpleNamespace(**json.loads((model_dir / sub / "config.json").read_text()))
+        )
+
+    return cfg("vae"), cfg("transformer")
+
+
+def test_fit_window_frames_keeps_the_latent_frames_within_the_table() -> None:
+    from types import SimpleNamespace
+
+    from frameprompt.inference.windows import fit_overlap_frames, fit_window_frames
+
+    def pair(t: int, rope: int) -> tuple[Any, Any]:
+        vae = SimpleNamespace(config=SimpleNamespace(scale_factor_temporal=t, scale_factor_spatial=8))
+        tr = SimpleNamespace(config=SimpleNamespace(patch_size=(1, 2, 2), rope_max_seq_len=rope))
+        return vae, tr
+
+    assert fit_window_frames(*pair(4, 1024), 40) == 40  # Wan2.1: 21 latent frames
+    assert fit_window_frames(*pair(1, 64), 40) == 28  # T=1: 1 + 2N <= 64
+    assert fit_window_frames(*pair(4, 8), 40) == 12  # 1 + N/2 <= 8
+    assert fit_window_frames(*pair(4, 8), 10) == 8  # a multiple of 4, not more than asked
+    assert fit_window_frames(*pair(4, 2), 40) == 4  # never below one frame multiple
+    assert fit_overlap_frames(12, 8, 4) == 8
+    assert fit_overlap_frames(8, 8, 4) == 4
+    assert fit_overlap_frames(4, 8, 4) == 0
+
+
+def test_embedded_model_window_fits_its_position_table() -> None:
+    from frameprompt.inference.windows import fit_window_frames
+    from frameprompt.loading import DEFAULT_MODEL_DIR
+    from frameprompt.method import SequenceLayout
+    from frameprompt.server.runners import DEFAULT_OVERLAP_FRAMES, DEFAULT_WINDOW_FRAMES
+
+    if not (DEFAULT_MODEL_DIR / "transformer" / "config.json").is_file():
+        pytest.skip("the embedded model is not installed in this build")
+    vae, tr = _configs(DEFAULT_MODEL_DIR)
+    n = fit_window_frames(vae, tr, DEFAULT_WINDOW_FRAMES)
+    assert 0 < n < DEFAULT_WINDOW_FRAMES
+    h = w = 64
+    for carried in (0, min(DEFAULT_OVERLAP_FRAMES, n - 4)):
+        layout = SequenceLayout.for_models(n, h, w, vae, tr, carried_frames=carried)
+        assert layout.latent_frames // tr.config.patch_size[0] <= tr.config.rope_max_seq_len
+    frame_multiple, _ = SequenceLayout.multiples_for(vae, tr)
+    longer = SequenceLayout.for_models(n + frame_multiple, h, w, vae, tr)
+    assert longer.latent_frames // tr.config.patch_size[0] > tr.config.rope_max_seq_len
+
+
+@pytest.fixture(scope="module")
+def short_table_model(tmp_path_factory):
+    """The tiny model with an 8-row rotary table: 1 + N/4*2 latent frames fit for N <= 12 (and 128 px a
+    side); the rows are built from the config at load, not stored with the weights."""
+    testing = pytest.importorskip("frameprompt.testing")
+    path = testing.tiny_pipeline_dir(tmp_path_factory.mktemp("short") / "model")
+    cfg_file = path / "transformer" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["rope_max_seq_len"] = 8
+    cfg_file.write_text(json.dumps(cfg))
+    return path
+
+
+def test_long_job_runs_in_windows_the_position_table_takes(short_table_model, tmp_path) -> None:
+    from frameprompt.server import Server, ServerConfig, resolve_runner_factory
+
+    from frameprompt_blender.wire.client import FramePromptClient
+
+    cfg = ServerConfig(
+        bind="tcp://127.0.0.1:*",
+        jobs_dir=tmp_path / "jobs",
+        fsync=False,
+        window_frames=40,
+        long_animation=True,
+    )
+    factory = resolve_runner_factory("pipeline", str(short_table_model), window_frames=40, overlap_frames=8)
+    with Server(cfg, factory) as server:
+        server.wait_ready(120)
+        with FramePromptClient(server.address, timeout=60.0) as client:
+            info = client.hello()
+            ms = P.ModelSize.from_hello(info)
+            assert ms is not None and ms.window_frames == 12, info["model_size"]
+            assert ms.max_width == ms.max_height == 128
+            assert info["model_info"]["overlap_frames"] == 8
+            # 20 frames: more than the 12-frame window (and a 20-frame window, 11 latent frames, would
+            # not fit the 8 rows): windows 0-11, then 8 carried + 4 new twice
+            job = client.submit(_png((32, 32)), [_png((32, 32))] * 20, steps=1, width=32, height=32)
+            result = job.result(300)
+            assert len(result.frames) == 20
+            assert all(Image.open(io.BytesIO(f)).size == (32, 32) for f in result.frames)

@@ -176,6 +176,19 @@ class JobManager:
         self._set_backend(info, None, settings.server_address)
         return self.backend
 
+    def ensure_model_size(self, settings: Any) -> Any:
+        """The model's sizes (`protocol.ModelSize`) for the "Model size" preset: those of the last hello,
+        else asked now with a blocking hello (bounded by the connect timeout), as the batch entry does
+        before exporting. None when the backend reports none (an older server, a runner without a model).
+        Raises what :meth:`test_connection` raises (backend absent, online access off)."""
+        from .properties import backend_model_size
+
+        model = backend_model_size()
+        if model is None:
+            self.test_connection(settings)
+            model = backend_model_size()
+        return model
+
     def test_connection_async(self, settings: Any) -> None:
         """UI version of :meth:`test_connection`: the hello waits in a worker thread, a timer picks up
         the answer, so the UI never freezes on an absent backend."""

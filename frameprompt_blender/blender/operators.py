@@ -91,15 +91,19 @@ class FRAMEPROMPT_OT_animate(_JobFolder, bpy.types.Operator):
 
     def execute(self, context: Any) -> set[str]:
         settings = get_settings(context)
-        spec = spec_from_scene(context)
         job_dir = _job_dir(context, self.directory)
         strip_scene = sequencer_scene(context).name
         try:
             from .jobs import check_online_access
 
             check_online_access(settings.server_address)
+            if context.scene.frameprompt.resolution_preset == "MODEL":
+                # the size comes from the server's model: learn it before exporting (no Test Connection
+                # needed); a backend that reports none leaves the width/height fields
+                MANAGER.ensure_model_size(settings)
+            spec = spec_from_scene(context)
             export = export_job(spec, job_dir, log=print if bpy.app.background else None)
-        except FramePromptUserError as exc:
+        except (FramePromptUserError, JobFailed) as exc:
             MANAGER._fail(exc, settings.server_address)
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}

@@ -140,6 +140,63 @@ def test_animate_operator_headless_on_the_demo_scene(tiny_server, demo_scene, tm
     assert (tmp_path / "job" / "reference.png").is_file()
 
 
+def test_animate_with_the_model_size_preset_asks_the_backend_first(tiny_server, demo_scene, tmp_path):
+    """A fresh scene, preset "Model size", no Test Connection: Animate learns the model's size from a
+    hello before exporting; the demo's 1:1 camera at the tiny model's 96x64 native pixel count, in
+    multiples of 16, is 80x80 (not the width/height fields' 64x64)."""
+    from frameprompt_blender.blender.properties import backend_model_size, set_backend_model_size
+
+    prefs = bpy.context.preferences.addons["frameprompt_blender"].preferences
+    old = prefs.server_address
+    s = demo_scene.frameprompt
+    s.resolution_preset = "MODEL"
+    s.steps = 1
+    set_backend_model_size(None)  # as in a fresh Blender session: no hello seen
+    jobs.MANAGER.backend = {}
+    prefs.server_address = tiny_server
+    try:
+        assert (s.width, s.height) == (64, 64)
+        assert bpy.ops.frameprompt.animate.poll()
+        assert bpy.ops.frameprompt.animate(directory=str(tmp_path / "job")) == {"FINISHED"}
+    finally:
+        prefs.server_address = old
+    model = backend_model_size()
+    assert model is not None and (model.native_width, model.native_height) == (96, 64)
+    job = tmp_path / "job"
+    paths = [
+        job / "reference.png",
+        *sorted((job / "skeleton").glob("*.png")),
+        *sorted((job / "frames").glob("*.png")),
+    ]
+    assert len(paths) == 1 + 4 + 4
+    for path in paths:
+        img = bpy.data.images.load(str(path))
+        try:
+            assert tuple(img.size) == (80, 80), path
+        finally:
+            bpy.data.images.remove(img)
+
+
+def test_animate_with_the_model_size_preset_and_no_backend_fails_before_exporting(demo_scene, tmp_path):
+    from frameprompt_blender.blender.properties import set_backend_model_size
+
+    prefs = bpy.context.preferences.addons["frameprompt_blender"].preferences
+    old = prefs.server_address, prefs.connect_timeout
+    demo_scene.frameprompt.resolution_preset = "MODEL"
+    set_backend_model_size(None)
+    prefs.server_address, prefs.connect_timeout = f"tcp://127.0.0.1:{free_port()}", 1.5
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="Backend not reachable"):
+            bpy.ops.frameprompt.animate(directory=str(tmp_path / "job"))
+    finally:
+        prefs.server_address, prefs.connect_timeout = old
+        jobs.MANAGER.close_client()
+    assert time.monotonic() - t0 < 10
+    assert jobs.MANAGER.job.state == jobs.FAILED
+    assert not (tmp_path / "job" / "reference.png").exists(), "nothing exported at a size not known"
+
+
 def _batch(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     return subprocess.run(

@@ -30,10 +30,18 @@ into windows that each keep the reference and continue the previous one:
 
 Cost: ceil((M - C) / (N - C)) windows, each a full generation; a larger overlap gives more
 continuity and more windows.
+
+The window is also bounded by the transformer's rotary table: diffusers' `WanRotaryPosEmbed` has
+`rope_max_seq_len` rows for the frame axis and slices them by the latent frames after the patch,
+(1 + 2N/T) // patch_t, carried frames included (they are part of the N target frames). A window
+whose sequence is longer would crash, so `fit_window_frames` gives the largest valid N that fits
+(the embedded model, T=1 and 64 rows: N=28, 57 latent frames; Wan2.1, T=4 and 1024 rows: far above
+the paper's 40), and `generate_windows` never runs a longer window.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,6 +54,31 @@ from frameprompt.method import SequenceLayout
 
 if TYPE_CHECKING:  # for annotations only: the pipeline imports this module
     from frameprompt.inference.pipeline import FramePromptPipeline
+
+log = logging.getLogger("frameprompt.inference")
+
+# diffusers' WanTransformer3DModel default when a config says nothing
+DEFAULT_ROPE_MAX_SEQ_LEN = 1024
+
+
+def fit_window_frames(vae: Any, transformer: Any, window_frames: int) -> int:
+    """The largest window N <= `window_frames` that is a multiple of the frame multiple
+    (`SequenceLayout.multiples_for`) and whose latent frames after the patch, (1 + 2N/T) // patch_t,
+    fit the rotary table's `rope_max_seq_len` frame rows. At least one frame multiple (a table too
+    small even for that cannot run any window)."""
+    multiple, _ = SequenceLayout.multiples_for(vae, transformer)
+    t = int(vae.config.scale_factor_temporal)
+    p_t = int(transformer.config.patch_size[0])
+    rope = int(getattr(transformer.config, "rope_max_seq_len", 0) or DEFAULT_ROPE_MAX_SEQ_LEN)
+    n = int(window_frames) // multiple * multiple
+    while n > multiple and (1 + 2 * n // t) // p_t > rope:
+        n -= multiple
+    return max(multiple, n)
+
+
+def fit_overlap_frames(window_frames: int, overlap_frames: int, frame_multiple: int) -> int:
+    """`overlap_frames` kept below the window: at most window - frame_multiple (0 for a one-multiple window)."""
+    return max(0, min(int(overlap_frames), window_frames - frame_multiple))
 
 
 @dataclass(frozen=True)
@@ -81,7 +114,10 @@ def plan_windows(
     """Split `total_frames` into windows of at most `window_frames`, overlapping by `overlap_frames`.
 
     window_frames and overlap_frames must be multiples of `frame_multiple`
-    (`SequenceLayout.frame_multiple(T)`, 4 for Wan2.1), with 0 <= overlap < window. The windows' new frames cover 0..total-1 once each, in order.
+    (`SequenceLayout.frame_multiple(T)`, 4 for Wan2.1), with 0 <= overlap < window. The windows' new
+    frames cover 0..total-1 once each, in order. `fit_window_frames` gives the longest window a model
+    takes.
+    `fit_window_frames` gives the longest window a model takes.
     """
     t = frame_multiple
     if total_frames < 1:
@@ -131,6 +167,14 @@ def generate_windows(
         if name in kwargs:
             raise TypeError(f"generate_long sets {name} itself")
     multiple, _ = SequenceLayout.multiples_for(pipe.vae, pipe.transformer)
+    fit = fit_window_frames(pipe.vae, pipe.transformer, window_frames)
+    if window_frames > fit:  # a longer window's sequence would not fit the rotary table
+        overlap = fit_overlap_frames(fit, overlap_frames, multiple)
+        log.info(
+            "window of %d frames is longer than the model's position table takes; using %d (overlap %d)",
+            window_frames, fit, overlap,
+        )  # fmt: skip
+        window_frames, overlap_frames = fit, overlap
     plan = plan_windows(len(pose_frames), window_frames, overlap_frames, multiple)
     frames: list[np.ndarray] = []  # global frames generated so far, (H, W, 3) float in [0, 1]
     approximate = False

@@ -95,15 +95,26 @@ class PipelineRunner:
         window_frames: int = DEFAULT_WINDOW_FRAMES,
         overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
     ) -> None:
+        from frameprompt.inference.windows import fit_overlap_frames, fit_window_frames
         from frameprompt.loading import load_pipeline
+        from frameprompt.method import SequenceLayout
 
-        self.window_frames = int(window_frames)
-        self.overlap_frames = int(overlap_frames)
         self.model_path = model_path
         self.device = device
         self.default_steps = default_steps
         self.default_guidance = default_guidance
         self.pipe = load_pipeline(model_path, device=device, dtype=dtype)
+        # the longest window the model's position table takes, not more than asked (long jobs run in
+        # windows of this length); the overlap stays below it
+        vae, transformer = self.pipe.vae, self.pipe.transformer
+        multiple, _ = SequenceLayout.multiples_for(vae, transformer)
+        self.window_frames = fit_window_frames(vae, transformer, int(window_frames))
+        self.overlap_frames = fit_overlap_frames(self.window_frames, int(overlap_frames), multiple)
+        if self.window_frames != int(window_frames) or self.overlap_frames != int(overlap_frames):
+            log.info(
+                "window %d frames (asked %d), overlap %d (asked %d): the longest the model's position "
+                "table takes", self.window_frames, window_frames, self.overlap_frames, overlap_frames,
+            )  # fmt: skip
         self.model_size = model_size_of(
             self.pipe.vae, self.pipe.transformer, native_size_of(model_path), self.window_frames
         )
