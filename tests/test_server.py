@@ -551,7 +551,9 @@ def test_restart_keeps_results_and_reports_interrupted_jobs(tmp_path, make_serve
 
 def test_graceful_stop_interrupts_queued_and_running_jobs(make_server, clients) -> None:
     server = make_server(lambda d: FakeRunner(d, step_delay=0.05))
-    client = clients(server.address)
+    # the stop waits for the running job to end before it answers: on a loaded machine that can take
+    # longer than the fixture's 3 s silence limit, which this test is not about
+    client = clients(server.address, timeout=30.0)
     running = submit(client, 1, steps=500)
     queued = submit(client, 1, steps=500)
     for ev in running.events(timeout=5):
