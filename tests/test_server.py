@@ -563,7 +563,7 @@ def test_graceful_stop_interrupts_queued_and_running_jobs(make_server, clients) 
     server.stop()
     for job in (running, queued):
         with pytest.raises(RemoteError) as info:
-            job.result(5)
+            job.result(30)  # the answers are sent; on a loaded machine the client may read them late
         assert info.value.code == "interrupted"
     store = JobStore(server.config.jobs_dir)
     assert {store.get(j.job_id).state for j in (running, queued)} == {"interrupted"}
