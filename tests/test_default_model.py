@@ -51,3 +51,19 @@ def test_loads_and_generates_n_frames():
     frames = out.frames
     assert frames.shape == (1, n, size, size, 3)
     assert np.isfinite(frames).all() and frames.std() > 0
+
+
+def test_frame_independent_cache_equals_encoding_the_condition(tmp_path, one_torch_thread):
+    """The shortcut the recipe's latent cache takes with the frame-wise codec changes no latent."""
+    from frameprompt.loading import load_pipeline
+    from frameprompt.research.train_vae import framewise
+    from frameprompt.training.data import CachedClips, build_latent_cache, load_dataset, synthetic_dataset
+
+    pipe = load_pipeline(None, device="cpu")
+    clips = load_dataset(synthetic_dataset(tmp_path / "d", clips=1, num_frames=4, size=32))
+    with framewise(pipe.vae):
+        encoded = CachedClips(build_latent_cache(pipe, clips, tmp_path / "full"))[0]
+        shortcut = CachedClips(build_latent_cache(pipe, clips, tmp_path / "fast", frame_independent=True))[0]
+    torch.testing.assert_close(shortcut["x0"], encoded["x0"], rtol=0, atol=0)
+    torch.testing.assert_close(shortcut["condition"], encoded["condition"], rtol=0, atol=1e-4)
+    assert encoded["condition"].abs().amax() > 0.1

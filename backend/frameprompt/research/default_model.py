@@ -91,7 +91,13 @@ def build_cache(model: str | Path, data: str | Path, cache_dir: str | Path) -> N
 
     t0 = time.time()
     with framewise(pipe.vae):
-        build_latent_cache(pipe, clips, cache_dir, progress=lambda items: tqdm(items, desc="encode clips"))
+        build_latent_cache(
+            pipe,
+            clips,
+            cache_dir,
+            progress=lambda items: tqdm(items, desc="encode clips"),
+            frame_independent=True,
+        )
     print(f"cached {len(clips)} clips in {time.time() - t0:.0f} s")
 
 

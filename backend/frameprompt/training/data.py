@@ -375,12 +375,15 @@ def build_latent_cache(
     latent_zero_condition: bool = False,
     progress: Callable[[Iterable], Iterable] | None = None,
     write: bool = True,
+    frame_independent: bool = False,
 ) -> LatentCache:
     """Encode every clip once with the pipeline's frozen VAE (and CLIP / text encoder) into safetensors.
 
     Resumable: a clip already cached for the same encoders, options and source files is skipped.
     With write=False (the other processes of a multi-GPU run, after the main one built it) nothing
-    is written and a missing clip is an error.
+    is written and a missing clip is an error. frame_independent=True is for a codec that encodes
+    each frame on its own (the embedded model's frame-wise VAE): the condition is then the context
+    latents followed by the latent of a black frame, which halves the encoding work.
     Files: `<cache_dir>/<clip>.safetensors` (keys `x0`, `condition`, optional `text`, `image`),
     `null_text.safetensors` (the shared empty-prompt embedding) and `manifest.json`.
     """
@@ -433,6 +436,10 @@ def build_latent_cache(
             x0 = encode_video(pipe.vae, torch.cat([reference, skeleton, target], dim=2))
             if latent_zero_condition:
                 condition = method.latent_zero_condition(x0[:, :, : layout.context_latent_frames], layout)
+            elif frame_independent:
+                black = encode_video(pipe.vae, torch.zeros_like(reference))
+                target_latents = black.expand(-1, -1, layout.target_latent_frames, -1, -1)
+                condition = torch.cat([x0[:, :, : layout.context_latent_frames], target_latents], dim=2)
             else:
                 condition = encode_video(pipe.vae, method.condition_pixels(reference, skeleton))
             tensors = {"x0": x0[0].float(), "condition": condition[0].float()}
