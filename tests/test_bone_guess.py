@@ -510,3 +510,82 @@ def test_partial_names_are_named_in_the_message():
         and "RShoulder" in msg
         and "RWrist" not in msg
     )
+
+
+def unusual(pelvis=False, spine=3, neck=True, arms_on_neck=False, twist=False) -> Joint:
+    """Unreal-like names on the quirks of less common rigs: the legs on a pelvis bone beside the spine
+    (both under a root at the hips), a spine of `spine` segments, no neck bone (the head on the chest),
+    the clavicles on the neck, twist bones inside the limb chains (between upper arm and forearm, thigh
+    and calf), three two-bone fingers."""
+    fingers = [(f"finger{k}_01_l", (0.86, dy, 1.43), [(f"finger{k}_02_l", (0.9, dy, 1.43), [], (0.94, dy, 1.43))],
+                None) for k, dy in enumerate((-0.03, 0.0, 0.03))]  # fmt: skip
+    hand: Joint = ("hand_l", (0.78, 0.0, 1.43), fingers, None)
+    fore: Joint = ("lowerarm_l", (0.47, 0.0, 1.43), [hand], None)
+    calf: Joint = ("calf_l", (0.1, 0.0, 0.5), [("foot_l", (0.1, 0.0, 0.08), [
+        ("ball_l", (0.1, -0.1, 0.02), [], (0.1, -0.16, 0.02))], None)], None)  # fmt: skip
+    if twist:
+        fore = (
+            "lowerarm_l",
+            (0.47, 0.0, 1.43),
+            [("lowerarm_twist_l", (0.63, 0.0, 1.43), [hand], None)],
+            None,
+        )
+        upper: Joint = ("upperarm_l", (0.18, 0.0, 1.43), [("upperarm_twist_l", (0.32, 0.0, 1.43), [fore], None)],
+                        None)  # fmt: skip
+        leg: Joint = ("thigh_l", (0.1, 0.0, 0.93), [("thigh_twist_l", (0.1, 0.0, 0.72), [calf], None)], None)
+    else:
+        upper = ("upperarm_l", (0.18, 0.0, 1.43), [fore], None)
+        leg = ("thigh_l", (0.1, 0.0, 0.93), [calf], None)
+    arm: Joint = ("clavicle_l", (0.03, 0.0, 1.46), [upper], None)
+    head: Joint = ("head", (0.0, -0.01, 1.6), [], (0.0, -0.01, 1.8))
+    if arms_on_neck:
+        top = [("neck_01", (0.0, 0.0, 1.5), [head, arm, _side(-1, arm)], None)]
+    elif neck:
+        top = [("neck_01", (0.0, 0.0, 1.5), [head], None), arm, _side(-1, arm)]
+    else:
+        top = [("head", (0.0, -0.01, 1.5), [], (0.0, -0.01, 1.8)), arm, _side(-1, arm)]
+    chest: Joint | None = None
+    for i in reversed(range(spine)):
+        chest = (
+            f"spine_{i + 1:02d}",
+            (0.0, 0.0, 1.05 + i * 0.45 / spine),
+            top if chest is None else [chest],
+            None,
+        )
+    assert chest is not None
+    if pelvis:
+        return (
+            "root",
+            (0.0, 0.0, 0.95),
+            [("pelvis", (0.0, 0.0, 0.95), [leg, _side(-1, leg)], None), chest],
+            None,
+        )
+    return ("pelvis", (0.0, 0.0, 0.95), [chest, leg, _side(-1, leg)], None)
+
+
+@pytest.mark.parametrize(
+    "kind, rotation",
+    [
+        (dict(pelvis=True), None),
+        (dict(spine=5, neck=False), None),
+        (dict(spine=6), None),
+        (dict(arms_on_neck=True), None),
+        (dict(twist=True), None),
+        (dict(pelvis=True, spine=5, neck=False, twist=True), None),
+        (dict(pelvis=True, spine=4, twist=True), FACING_PLUS_Y),
+    ],
+    ids=["legs-on-a-pelvis-bone", "5-spine-no-neck", "6-spine", "arms-on-the-neck", "twist-in-chain", "all",
+         "all-facing-+y"],
+)  # fmt: skip
+def test_unusual_rigs_get_distinct_limbs_from_the_right_places(kind, rotation):
+    bones, original = anonymous(bones_of(unusual(**kind), rotation))
+    guess = B.guess_from_hierarchy(bones)
+    assert guess.ok, guess.notes
+    got = {KEYPOINT_NAMES[k]: original[ref.name] for k, ref in guess.joints.items()}
+    assert got == expected(GAME, "game"), "\n".join(guess.found)
+    assert original[guess.head_bone] == "head"
+    # four chains of their own: no bone gives two limbs' joints
+    chains = {}
+    for k, ref in guess.joints.items():
+        chains.setdefault(ref.name, set()).add(KEYPOINT_NAMES[k][:1] + ("arm" if k in range(2, 8) else "leg"))
+    assert all(len(v) == 1 for v in chains.values()), chains

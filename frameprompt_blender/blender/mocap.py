@@ -1,8 +1,10 @@
 """Motion capture in: a BVH or FBX file read by Blender's own importers (`import_anim.bvh`,
-`import_scene.fbx`), as a new armature, or its animation put onto an armature with the same bones.
+`import_scene.fbx`), as a new armature, or its animation put onto an existing armature.
 
-FramePrompt does not retarget: "onto" assigns the clip's action as it is, which is right when the clip
-was made for that skeleton (a Mixamo character and Mixamo animations, a BVH and a rig built from it).
+"Onto" assigns the clip's action as it is when the armature has every bone the clip animates (the clip
+was made for that skeleton: a Mixamo character and Mixamo animations, a BVH and a rig built from it);
+for any other humanoid it retargets (`blender.retarget`): bones paired by their role in the body,
+limbs aimed as the clip's, the hips' motion scaled by leg length, baked into a new action.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Any
 
 import bpy
 
+from ..core.retarget import RetargetError
 from .export import FramePromptUserError
+from .retarget import bake_retarget
 
 IMPORTERS = {".bvh": ("import_anim", "bvh", "BVH format (io_anim_bvh)"),
              ".fbx": ("import_scene", "fbx", "FBX format (io_scene_fbx)")}  # fmt: skip
@@ -48,13 +52,32 @@ def _fcurves(action: Any, animation_data: Any) -> Any:
     return action.fcurves
 
 
+def action_fcurves(action: Any) -> list[Any]:
+    """Every F-curve of an action, in all its slots (Blender 4.4+ keeps them in channelbags)."""
+    layers = getattr(action, "layers", None)
+    if layers:
+        return [
+            fc
+            for layer in layers
+            for strip in layer.strips
+            for bag in strip.channelbags
+            for fc in bag.fcurves
+        ]
+    return list(getattr(action, "fcurves", ()))
+
+
+def bone_names_in(fcurves: Any) -> set[str]:
+    """The bones whose channels these F-curves animate."""
+    found = (_BONE_PATH.match(fc.data_path) for fc in fcurves)
+    return {m.group(1).replace('\\"', '"') for m in found if m}
+
+
 def animated_bones(armature_obj: Any) -> set[str]:
     """The names of the bones the armature's action animates."""
     ad = armature_obj.animation_data
     if ad is None or ad.action is None:
         return set()
-    found = (_BONE_PATH.match(fc.data_path) for fc in _fcurves(ad.action, ad))
-    return {m.group(1).replace('\\"', '"') for m in found if m}
+    return bone_names_in(_fcurves(ad.action, ad))
 
 
 def import_mocap(path: str | Path, scene: Any = None, *, onto: Any = None, scale: float = 1.0) -> Any:
@@ -62,8 +85,9 @@ def import_mocap(path: str | Path, scene: Any = None, *, onto: Any = None, scale
     plays it; the scene's frame range becomes the clip's.
 
     onto None: the file's armature (with its meshes, for an FBX character). onto an armature: the clip's
-    action is assigned to it, after checking that it has every bone the clip animates; what the file
-    brought in is removed again. `scale` is the importers' own (BVH in centimetres: 0.01).
+    action is assigned to it when it has every bone the clip animates, otherwise the clip is retargeted
+    onto it (a new action keyed on every frame of the clip); what the file brought in is removed again.
+    `scale` is the importers' own (BVH in centimetres: 0.01; retargeting scales by leg length anyway).
     """
     path = Path(bpy.path.abspath(str(path)))
     if not path.is_file():
@@ -91,20 +115,23 @@ def import_mocap(path: str | Path, scene: Any = None, *, onto: Any = None, scale
     if onto is None:
         return clip
 
-    missing = sorted(animated_bones(clip) - {b.name for b in onto.data.bones})
-    if missing:
-        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+    try:
+        if animated_bones(clip) <= {b.name for b in onto.data.bones}:
+            slot = getattr(ad, "action_slot", None)
+            target = onto.animation_data or onto.animation_data_create()
+            target.action = action
+            if slot is not None:
+                target.action_slot = slot
+        else:
+            frames = range(scene.frame_start, scene.frame_end + 1)
+            bake_retarget(clip, onto, frames, scene=scene, action_name=f"{path.stem} ({onto.name})")
+            bpy.data.actions.remove(action)
+    except RetargetError as error:
+        raise FramePromptUserError(
+            f"{path.name} cannot go onto armature '{onto.name}': {error.message}; or import it as a new "
+            "armature"
+        ) from None
+    finally:
         for o in added:
             bpy.data.objects.remove(o)
-        raise FramePromptUserError(
-            f"{path.name} animates bones that armature '{onto.name}' lacks ({shown}): it was made for "
-            "another skeleton; import it as a new armature instead"
-        )
-    slot = getattr(ad, "action_slot", None)
-    target = onto.animation_data or onto.animation_data_create()
-    target.action = action
-    if slot is not None:
-        target.action_slot = slot
-    for o in added:
-        bpy.data.objects.remove(o)
     return onto

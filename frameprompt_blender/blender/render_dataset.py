@@ -14,6 +14,10 @@ between clips. Skeletons come from the shared skeleton export
 
 With `--blend` files: one of the file's actions on its armature, the scene camera jittered.
 
+From inside Blender, `render_character_dataset` renders the user's own character in the open scene:
+its own actions and the built-in motions retargeted onto it (`blender.retarget`), through the scene
+camera, leaving the scene as it was.
+
 A clip is rendered into `.tmp-<clip>` and renamed when complete (meta.json written last), so
 re-running the command skips finished clips and redoes an interrupted one; each clip has its own
 seeded RNG, so a resumed run renders exactly the clips it would have rendered.
@@ -342,6 +346,17 @@ def _render_frame(scene: Any, frame: int, path: Path) -> None:
     bpy.ops.render.render(write_still=True)
 
 
+def _assign_action(arm: Any, action: Any) -> None:
+    """Play `action` on `arm` (in Blender 4.4+ through the action's first slot when none is picked)."""
+    if arm.animation_data is None:
+        arm.animation_data_create()
+    arm.animation_data.action = action
+    if hasattr(arm.animation_data, "action_slot") and not arm.animation_data.action_slot:
+        slots = getattr(action, "slots", None)
+        if slots:
+            arm.animation_data.action_slot = slots[0]
+
+
 def _load_blend_scene(
     path: str, config: RenderConfig, rng: random.Random
 ) -> tuple[Any, Any, Any, int, int, str]:
@@ -362,13 +377,7 @@ def _load_blend_scene(
     if not actions:
         raise RuntimeError(f"{path}: no actions to render (animate the rig, or use the built-in motions)")
     action = rng.choice(sorted(actions, key=lambda a: a.name))
-    if arm.animation_data is None:
-        arm.animation_data_create()
-    arm.animation_data.action = action
-    if hasattr(arm.animation_data, "action_slot") and not arm.animation_data.action_slot:
-        slots = getattr(action, "slots", None)
-        if slots:
-            arm.animation_data.action_slot = slots[0]
+    _assign_action(arm, action)
     start, end = (int(round(v)) for v in action.frame_range)
     return scene, arm, camera, start, end, f"{Path(path).name}:{action.name}"
 
@@ -437,8 +446,6 @@ def stage_demo_shot(
 def render_clip(config: RenderConfig, index: int) -> Path:
     """Render clip `index` into <out>/clip_<index>; returns its folder."""
     _bpy()
-    from .skeleton import export_skeleton_frames
-
     rng = random.Random(config.seed * 1_000_003 + index)
     out = Path(config.out)
     final = out / f"clip_{index:05d}"
@@ -456,24 +463,43 @@ def render_clip(config: RenderConfig, index: int) -> Path:
     _setup_render(scene, config)
     _background(scene, rng)
 
-    _render_frame(scene, reference_frame, tmp / REFERENCE_FILE)
-    export_skeleton_frames(scene, arm, camera, frames, tmp, config.width, config.height)
-    for i, f in enumerate(frames):
-        _render_frame(scene, f, tmp / TARGET_DIR / frame_name(i))
-    extra: dict[str, Any] = {"frames": frames, "reference_frame": reference_frame}
+    meta: dict[str, Any] = {"fps": config.fps, "source": source, "engine": config.engine, "seed": config.seed,
+                            "frames": frames, "reference_frame": reference_frame}  # fmt: skip
     if config.characters and not config.blends:
-        extra["character"] = clip_character(config, index)
-    write_meta(
+        meta["character"] = clip_character(config, index)
+    return _write_clip(
         tmp,
-        config.width,
-        config.height,
-        config.frames,
-        fps=config.fps,
-        source=source,
-        engine=config.engine,
-        seed=config.seed,
-        **extra,
+        final,
+        (scene, arm, camera),
+        reference_frame,
+        frames,
+        (config.width, config.height),
+        lambda f, path: _render_frame(scene, f, path),
+        meta,
     )
+
+
+def _write_clip(
+    tmp: Path,
+    final: Path,
+    shot: tuple[Any, Any, Any],
+    reference_frame: int,
+    frames: list[int],
+    size: tuple[int, int],
+    render: Callable[[int, Path], None],
+    meta: dict[str, Any],
+) -> Path:
+    """Render the reference, the skeletons and the targets of one clip into `tmp`, write meta.json last
+    (`meta`: its entries after the size, in order), and move the folder to `final`; returns it."""
+    from .skeleton import export_skeleton_frames
+
+    scene, arm, camera = shot
+    width, height = size
+    render(reference_frame, tmp / REFERENCE_FILE)
+    export_skeleton_frames(scene, arm, camera, frames, tmp, width, height)
+    for i, f in enumerate(frames):
+        render(f, tmp / TARGET_DIR / frame_name(i))
+    write_meta(tmp, width, height, len(frames), **meta)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -515,6 +541,252 @@ def render_dataset(config: RenderConfig) -> list[Path]:
         folders.append(folder)
     bar.close()
     return folders
+
+
+# -- a data set of the user's own character, in the scene as it is ------------------------------------
+
+CHARACTER_SOURCE_RIG = "FP_MotionSource"
+
+
+def render_character_dataset(
+    armature_obj: Any,
+    out_dir: str | os.PathLike,
+    *,
+    clips: int,
+    frames: int,
+    size: int | tuple[int, int],
+    include_builtin_motions: bool = True,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    motions: Sequence[str] = MOTIONS,
+    engine: str | None = None,
+) -> Path:
+    """Render `clips` training clips of the character `armature_obj` drives, in the current scene as it
+    is (its meshes, materials, lights, world), into `out_dir`, in the data-set format
+    (`core.dataset_format`, docs/dataset.md); returns `out_dir`.
+
+    Each clip plays one motion: the armature's own actions (those that animate its bones and last at
+    least `frames` + 1 frames) and, with `include_builtin_motions`, the built-in motions (`motions`, default
+    all) retargeted onto the rig (`blender.retarget`), taken in turn. The reference is the clip's first
+    frame, the `frames` targets follow with a stride of 1 or 2 frames (as in the built-in data set), seen
+    through the scene camera; without one, through a camera framed on the character from a random side
+    of its front, made for the clip and removed again. `size`: width and height (one number: square),
+    multiples of 16. `engine`: "workbench", "eevee" or "cycles" to override the scene's own engine.
+    `seed` makes the data set reproducible (clip k draws from the RNG seeded with (seed, k)); finished
+    clips are kept, so raising `clips` later adds clips. `progress(done, total)` is called after each
+    clip.
+
+    The scene is left as it was: the armature's action and pose, the frame, the camera and the render
+    settings are restored and everything made for a clip is removed. Raises FramePromptUserError naming
+    the problem (no humanoid, no usable motion, a bad size)."""
+    bpy = _bpy()
+    from .export import FramePromptUserError
+    from .reference import _temporarily
+    from .skeleton import require_humanoid
+
+    width, height = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if width <= 0 or height <= 0 or width % 16 or height % 16:
+        raise FramePromptUserError(
+            f"training size {width}x{height} is not made of multiples of 16 (the model's VAE and patch "
+            "need them); pick e.g. 256x256"
+        )
+    if clips <= 0 or frames <= 0:
+        raise FramePromptUserError(f"a data set needs clips > 0 and frames > 0 (got {clips} and {frames})")
+    if engine is not None and engine not in ENGINES:
+        raise FramePromptUserError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
+    unknown = [m for m in motions if m not in MOTION_FUNCTIONS]
+    if unknown:
+        raise FramePromptUserError(f"unknown motion {unknown[0]!r}; choose from {', '.join(MOTIONS)}")
+    if armature_obj is None or getattr(armature_obj, "type", None) != "ARMATURE":
+        raise FramePromptUserError(
+            f"{getattr(armature_obj, 'name', None)!r} is not an armature: pick the character's armature"
+        )
+    try:
+        require_humanoid(armature_obj)
+    except ValueError as error:
+        raise FramePromptUserError(str(error)) from None
+    scene = bpy.context.scene
+    sources: list[tuple[str, Any]] = [("action", a) for a in _own_actions(armature_obj, frames + 1)]
+    if include_builtin_motions:
+        sources += [("builtin", m) for m in motions]
+    if not sources:
+        raise FramePromptUserError(
+            f"armature '{armature_obj.name}' has no action of at least {frames + 1} frames (a reference and "
+            f"{frames} targets); animate it, or include the built-in motions"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    render_engine = {} if engine is None else {"engine": _engine_id(scene, engine)}
+    with _temporarily(scene.render, **render_engine), _scene_restored(scene, armature_obj):
+        for i in range(clips):
+            final = out / f"clip_{i:05d}"
+            if not (final / "meta.json").is_file():
+                kind, what = sources[i % len(sources)]
+                with _quiet():
+                    _character_clip(scene, armature_obj, kind, what, out, i, frames, (width, height), seed)
+            if progress is not None:
+                progress(i + 1, clips)
+    return out
+
+
+def _engine_id(scene: Any, engine: str) -> str:
+    name = ENGINES[engine]
+    known = {e.identifier for e in type(scene.render).bl_rna.properties["engine"].enum_items}
+    return "BLENDER_EEVEE" if name == "BLENDER_EEVEE_NEXT" and name not in known else name
+
+
+def _own_actions(armature_obj: Any, length: int) -> list[Any]:
+    """The file's actions that animate this armature's bones and last at least `length` frames."""
+    bpy = _bpy()
+    from .mocap import action_fcurves, bone_names_in
+
+    bones = {b.name for b in armature_obj.data.bones}
+    found = []
+    for action in sorted(bpy.data.actions, key=lambda a: a.name):
+        start, end = action.frame_range
+        if (
+            int(round(end)) - int(round(start)) + 1 >= length
+            and bone_names_in(action_fcurves(action)) & bones
+        ):
+            found.append(action)
+    return found
+
+
+class _scene_restored:
+    """Put back what making clips changes: the armature's action and pose, the frame, the scene camera,
+    the active object, its selection and mode."""
+
+    def __init__(self, scene: Any, arm: Any) -> None:
+        self.scene, self.arm = scene, arm
+
+    def __enter__(self) -> None:
+        bpy = _bpy()
+        ad = self.arm.animation_data
+        self.action = ad.action if ad else None
+        self.slot = getattr(ad, "action_slot", None) if ad else None
+        self.basis = {pb.name: pb.matrix_basis.copy() for pb in self.arm.pose.bones}
+        self.frame = self.scene.frame_current
+        self.camera = self.scene.camera
+        view_layer = bpy.context.view_layer
+        self.active = view_layer.objects.active
+        self.selected = [o for o in view_layer.objects if o.select_get()]
+        self.mode = self.active.mode if self.active is not None else "OBJECT"
+        if self.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+
+    def __exit__(self, *exc: object) -> None:
+        bpy = _bpy()
+        ad = self.arm.animation_data
+        if ad is not None:
+            ad.action = self.action
+            if self.slot is not None:
+                ad.action_slot = self.slot
+        for pb in self.arm.pose.bones:
+            if pb.name in self.basis:
+                pb.matrix_basis = self.basis[pb.name]
+        self.scene.camera = self.camera
+        view_layer = bpy.context.view_layer
+        for o in view_layer.objects:
+            o.select_set(o in self.selected)
+        view_layer.objects.active = self.active
+        if self.active is not None and self.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode=self.mode)
+        self.scene.frame_set(self.frame)
+
+
+def _character_clip(
+    scene: Any,
+    arm: Any,
+    kind: str,
+    what: Any,
+    out: Path,
+    index: int,
+    n: int,
+    size: tuple[int, int],
+    seed: int,
+) -> Path:
+    """One clip of the user's character: its own action `what`, or the built-in motion `what` baked onto it."""
+    bpy = _bpy()
+    from .reference import render_reference
+
+    rng = random.Random(seed * 1_000_003 + index)
+    tmp, final = out / f".tmp-clip_{index:05d}", out / f"clip_{index:05d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / TARGET_DIR).mkdir(parents=True)
+    made: list[Any] = []  # objects and actions to remove again
+    try:
+        stride = rng.choice((1, 2, 2))
+        if kind == "action":
+            start, end = (int(round(v)) for v in what.frame_range)
+            stride = min(stride, (end - start) // n)
+            first = rng.randint(start, end - stride * n)
+            _assign_action(arm, what)
+            source = f"{Path(bpy.data.filepath).name or 'unsaved'}:{what.name}"
+        else:
+            length = 1 + stride * n
+            made += _bake_builtin_motion(scene, arm, what, length, rng)
+            first = 1
+            source = f"builtin:{what}:retargeted"
+        camera = scene.camera
+        if camera is None:
+            camera = _framing_camera(scene, arm, first, rng)
+            made.append(camera)
+        reference, targets = first, [first + stride * (i + 1) for i in range(n)]
+        meta = {"fps": scene.render.fps, "source": source, "engine": scene.render.engine, "seed": seed,
+                "armature": arm.name}  # fmt: skip
+        return _write_clip(tmp, final, (scene, arm, camera), reference, targets, size,
+                           lambda f, path: render_reference(scene, camera, f, size[0], size[1], path),
+                           meta)  # fmt: skip
+    finally:
+        for thing in made:
+            if isinstance(thing, bpy.types.Action):
+                bpy.data.actions.remove(thing)
+            else:
+                data = thing.data
+                bpy.data.objects.remove(thing)
+                if data.users == 0:
+                    blocks = bpy.data.armatures if isinstance(data, bpy.types.Armature) else bpy.data.cameras
+                    blocks.remove(data)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bake_builtin_motion(scene: Any, arm: Any, motion: str, length: int, rng: random.Random) -> list[Any]:
+    """Key the built-in `motion` on a temporary demo rig (walks and runs travel forward) and bake it onto
+    `arm`; returns what was made (the rig, its action, the baked action)."""
+    from .demo_scene import BONES, build_armature
+    from .retarget import bake_retarget
+
+    rig = build_armature(scene.collection, BONES, CHARACTER_SOURCE_RIG)
+    low, high = MOTION_TRAVEL.get(motion, (0.0, 0.0)) if motion in ("walk", "run") else (0.0, 0.0)
+    _key_motion(rig, motion, length, rng, 0.0, (0.0, -rng.uniform(low, high)))  # the rig faces -Y
+    made = [rig, rig.animation_data.action]
+    made.append(bake_retarget(rig, arm, range(1, length + 1), scene=scene, action_name=f"FP_{motion}"))
+    return made
+
+
+def _framing_camera(scene: Any, arm: Any, frame: int, rng: random.Random) -> Any:
+    """A camera for a scene without one: in front of the character (within 60 degrees either side), at
+    chest height, far enough that the character fills about 75 % of the frame height."""
+    bpy = _bpy()
+    from mathutils import Matrix, Vector
+
+    scene.frame_set(frame)
+    mw = arm.matrix_world
+    points = [mw @ p for b in arm.pose.bones for p in (b.head, b.tail)]
+    low = min(p.z for p in points)
+    top = max(p.z for p in points)
+    centre = sum(points, Vector((0.0, 0.0, 0.0))) / len(points)
+    data = bpy.data.cameras.new("FP_DatasetCamera")
+    camera = bpy.data.objects.new("FP_DatasetCamera", data)
+    scene.collection.objects.link(camera)
+    half_fov = math.atan(data.sensor_width / (2 * data.lens))
+    distance = (top - low) / 0.75 / (2 * math.tan(half_fov))
+    front = (mw.to_3x3() @ Vector((0.0, -1.0, 0.0))).normalized()  # Blender characters face -Y
+    side = Matrix.Rotation(rng.uniform(-math.pi / 3, math.pi / 3), 3, "Z") @ front
+    aim = Vector((centre.x, centre.y, low + 0.55 * (top - low)))
+    camera.location = aim + side * distance
+    camera.rotation_euler = (aim - camera.location).to_track_quat("-Z", "Y").to_euler()
+    return camera
 
 
 class _quiet:

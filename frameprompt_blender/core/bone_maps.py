@@ -617,17 +617,31 @@ class _Branch:
     reach: float
     end: np.ndarray  # the farthest point
     direction: np.ndarray  # unit vector fork -> end
+    via: int  # the fork's child it hangs from (itself, or a pelvis or shoulder bone that splits in two)
 
 
-def _branches(tree: _Tree, fork: int, origin: np.ndarray, keep: int = 4) -> list[_Branch]:
-    """The `keep` longest child branches of a fork (accessories such as breast, pelvis or IK bones are
-    short next to limbs, so four are enough even when one more long thing hangs there)."""
+def _branches(tree: _Tree, fork: int, origin: np.ndarray, keep: int = 6) -> list[_Branch]:
+    """The `keep` longest branches of a fork: its children, and the children of a child that splits in
+    two or more (legs from a pelvis bone beside the spine, arms from one shoulder bone). Accessories such
+    as breast, pelvis or IK bones are short next to limbs, so six are enough even when more long things
+    hang there."""
     out = []
     for c in tree.children[fork]:
-        reach, end = tree.farthest(c, origin)
-        if reach > 1e-9:
-            out.append(_Branch(c, reach, end, (end - origin) / reach))
+        for b in [c, *(tree.children[c] if len(tree.children[c]) >= 2 else ())]:
+            reach, end = tree.farthest(b, origin)
+            if reach > 1e-9:
+                out.append(_Branch(b, reach, end, (end - origin) / reach, c))
     return sorted(out, key=lambda b: -b.reach)[:keep]
+
+
+def _apart(*branches: _Branch) -> bool:
+    """No branch holds another: each limb, the spine and the neck are chains of their own."""
+    return all(a.bone != b.via and b.bone != a.via for a, b in itertools.combinations(branches, 2))
+
+
+def _is_fork(tree: _Tree, i: int) -> bool:
+    kids = tree.children[i]
+    return len(kids) >= 3 or (len(kids) == 2 and any(len(tree.children[c]) >= 2 for c in kids))
 
 
 def _pair_cost(a: _Branch, b: _Branch, up: np.ndarray) -> float:
@@ -656,7 +670,7 @@ def _find_body(tree: _Tree) -> tuple[_Body | None, str]:
     the spine's main chain where a neck and two arms branch off. Legs hang down and the neck points up
     from the hips-to-chest axis; pairs are mirror images; lengths keep human proportions. A quadruped
     fails the up/down tests. Returns (body, "") or (None, what was found instead)."""
-    forks = [i for i in range(len(tree.names)) if len(tree.children[i]) >= 3]
+    forks = [i for i in range(len(tree.names)) if _is_fork(tree, i)]
     if not forks:
         return None, (
             f"no bone has 3 or more children, so there is no hips bone where a spine and two legs branch "
@@ -671,8 +685,10 @@ def _find_body(tree: _Tree) -> tuple[_Body | None, str]:
         hips = tree.head[h]
         at_hips = _branches(tree, h, hips)
         for spine in at_hips:
-            chests = [c for c in tree.chain(spine.bone, hips) if len(tree.children[c]) >= 3]
+            chests = [c for c in tree.chain(spine.bone, hips) if _is_fork(tree, c)]
             for l1, l2 in itertools.combinations([b for b in at_hips if b is not spine], 2):
+                if not _apart(spine, l1, l2):
+                    continue
                 down = _unit_or_zero(l1.direction + l2.direction)
                 if np.dot(l1.direction, l2.direction) < 0.5 or np.dot(spine.direction, down) > 0:
                     continue  # legs go the same way, the spine the other
@@ -691,6 +707,8 @@ def _find_body(tree: _Tree) -> tuple[_Body | None, str]:
                         if np.dot(neck.direction, up) < 0.5:
                             continue
                         for a1, a2 in itertools.combinations([b for b in at_chest if b is not neck], 2):
+                            if not _apart(neck, a1, a2):
+                                continue
                             arm = (a1.reach + a2.reach) / 2
                             leg = (l1.reach + l2.reach) / 2
                             cost = (
