@@ -113,4 +113,5 @@ done
 if [ "${EXPORT:-0}" = 1 ]; then
     $PY -m frameprompt.research.default_model export --model "$RUN/frameprompt/model_ema" \
         --dest backend/frameprompt/default_model
+    $FP calibrate --model backend/frameprompt/default_model   # MagCache ratios belong to the weights
 fi

@@ -159,3 +159,16 @@ def test_bad_local_inputs(inputs, capsys) -> None:
     (inputs / "empty").mkdir()
     assert main(args("tcp://127.0.0.1:1", inputs, "empty")) == 2
     assert "holds no skeleton frames" in capsys.readouterr().err
+
+
+def test_submit_saves_the_live_previews(model_server, inputs, capsys) -> None:
+    previews = inputs / "previews"
+    rc = main(
+        args(model_server.address, inputs, "skeleton", "pv", "--steps", "3", "--previews", str(previews))
+    )
+    assert rc == 0, capsys.readouterr().err
+    folders = sorted(p.name for p in previews.iterdir())
+    assert folders and all(f.startswith("step_") for f in folders)
+    first = sorted((previews / folders[0]).glob("*.png"))
+    assert first and max(Image.open(first[0]).size) <= 128
+    assert len(list((inputs / "pv" / "frames").glob("*.png"))) == 4  # the result is unchanged

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "dataset": "render and validate training data sets",
     "finetune": "fine-tune a model on a data set (LoRA or full)",
     "evaluate": "measure SSIM, PSNR, LPIPS and FVD on a held-out split",
+    "calibrate": "measure a model's MagCache ratios (for --cache mag) and store them with it",
 }
 
 

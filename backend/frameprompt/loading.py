@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,7 +32,9 @@ from frameprompt.errors import (
     IncompatibleModelError,
     ModelNotFoundError,
 )
+from frameprompt.inference.memory import MemoryOptions, apply_memory_options
 from frameprompt.inference.pipeline import FramePromptPipeline, default_scheduler
+from frameprompt.inference.step_cache import load_mag_ratios
 
 DOWNLOAD_HINT = (
     "download a Wan2.1 image-to-video checkpoint on a machine with internet access, e.g. "
@@ -75,12 +79,17 @@ def load_pipeline(
     dtype: torch.dtype | None = None,
     lora: str | os.PathLike | None = None,
     lora_scale: float = 1.0,
+    loras: Sequence[LoraSpec] = (),
+    memory: MemoryOptions | None = None,
     load_text_encoder: bool = True,
 ) -> FramePromptPipeline:
     """Load a FramePrompt pipeline from a local folder (None: the embedded default model).
 
     The transformer runs in `dtype` (default bf16 on CUDA, float32 on CPU); the VAE and CLIP stay in
-    float32. Errors say what is wrong and what to download or change.
+    float32. `lora`/`lora_scale` attach one LoRA, `loras` several at once, each with its strength
+    (`load_loras`); `memory` sets fp8 weight storage, offloading, VAE tiling/slicing and compilation
+    (`frameprompt.inference.memory`). MagCache ratios in the folder (`mag_ratios.json`) are read.
+    Errors say what is wrong and what to download or change.
     """
     path = resolve_model_path(model_path)
     device = device or default_device()
@@ -102,9 +111,14 @@ def load_pipeline(
             ) from error
         raise
     check_transformer_layout(pipe.transformer, pipe.vae, path)
-    pipe.to(device)
-    if lora is not None:
-        load_lora(pipe, lora, scale=lora_scale)
+    pipe.mag_ratios = load_mag_ratios(path)
+    specs = ([LoraSpec(Path(lora), lora_scale)] if lora is not None else []) + list(loras)
+    memory = memory or MemoryOptions()
+    if not memory.offload:
+        pipe.to(device)
+    if specs:  # before fp8 storage and compilation, which wrap the layers the adapters go into
+        load_loras(pipe, specs)
+    apply_memory_options(pipe, memory, device)
     return pipe
 
 
@@ -272,8 +286,26 @@ def check_transformer_layout(transformer: WanTransformer3DModel, vae: Autoencode
         )
 
 
-def load_lora(pipe: FramePromptPipeline, lora_path: str | os.PathLike, scale: float = 1.0) -> str:
-    """Attach a LoRA from a safetensors file (or a folder holding one) and return its adapter name."""
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA to attach: a safetensors file (or a folder holding one) and its strength."""
+
+    path: Path
+    scale: float = 1.0
+
+
+def parse_lora_arg(text: str) -> LoraSpec:
+    """`--lora FILE[:SCALE]` -> a spec; a trailing `:number` is the scale, anything else is the path."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head:
+        try:
+            return LoraSpec(Path(head).expanduser(), float(tail))
+        except ValueError:
+            pass  # a path with a colon in it
+    return LoraSpec(Path(text).expanduser(), 1.0)
+
+
+def _lora_file(lora_path: str | os.PathLike) -> Path:
     path = Path(lora_path).expanduser()
     if path.is_dir():
         files = sorted(path.glob("*.safetensors"))
@@ -282,15 +314,48 @@ def load_lora(pipe: FramePromptPipeline, lora_path: str | os.PathLike, scale: fl
         path = files[0]
     if not path.is_file():
         raise ModelNotFoundError(f"LoRA file {path} does not exist", "check the path given with --lora")
-    name = path.stem.replace(".", "_")
+    return path
+
+
+def attach_lora(pipe: FramePromptPipeline, lora_path: str | os.PathLike) -> str:
+    """Load a LoRA as a new adapter (not yet active) and return its adapter name.
+
+    diffusers' Wan loader reads the diffusers format (`transformer.`-prefixed keys, ours), the
+    original Wan / ComfyUI layout (`diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `.alpha`,
+    `lora_A`/`lora_B`) and musubi/kohya's (`lora_unet_blocks_0_...`), converting the last two with
+    `lora_conversion_utils`.
+    """
+    path = _lora_file(lora_path)
+    taken = set(getattr(pipe.transformer, "peft_config", None) or {})
+    base = name = path.stem.replace(".", "_")
+    suffix = 2
+    while name in taken:  # two files of the same name from different folders
+        name, suffix = f"{base}_{suffix}", suffix + 1
     try:
         pipe.load_lora_weights(str(path), adapter_name=name)
     except SafetensorError as error:
         raise CorruptWeightsError(f"LoRA file {path} is damaged ({error})", "copy the file again") from error
-    except (RuntimeError, ValueError) as error:
+    except (RuntimeError, ValueError, KeyError) as error:
         raise IncompatibleModelError(
             f"LoRA {path.name} does not fit this model ({str(error).splitlines()[0][:200]})",
-            "use a LoRA trained on this base model (same size and layout)",
+            "use a LoRA trained on this base model (same size and layout), in the diffusers, original Wan "
+            "or kohya key format",
         ) from error
+    return name
+
+
+def load_lora(pipe: FramePromptPipeline, lora_path: str | os.PathLike, scale: float = 1.0) -> str:
+    """Attach a LoRA from a safetensors file (or a folder holding one), make it the only active
+    adapter, and return its adapter name."""
+    name = attach_lora(pipe, lora_path)
     pipe.set_adapters([name], [scale])
     return name
+
+
+def load_loras(pipe: FramePromptPipeline, specs: Sequence[LoraSpec]) -> list[str]:
+    """Attach several LoRAs and activate them together, each with its own strength (peft adapters
+    combined by `set_adapters`), e.g. a character LoRA with a step-distillation LoRA. Returns the
+    adapter names in the order given."""
+    names = [attach_lora(pipe, spec.path) for spec in specs]
+    pipe.set_adapters(names, [float(spec.scale) for spec in specs])
+    return names

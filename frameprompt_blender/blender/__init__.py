@@ -30,6 +30,19 @@ def _on_load_pre(*_args: Any) -> None:
     overlay.disable()
 
 
+@persistent
+def _on_load_post(*_args: Any) -> None:
+    # A file opened again after a close or a crash: re-attach the jobs it had running, import results.
+    from .jobs import MANAGER
+    from .preferences import get_settings
+
+    if bpy.data.filepath:
+        try:
+            MANAGER.reattach_pending(bpy.data.filepath, get_settings())
+        except Exception as exc:  # a handler must never break loading the file
+            print(f"frameprompt: could not re-attach the file's jobs: {exc}", flush=True)
+
+
 def register() -> None:
     from .properties import register_props
 
@@ -39,17 +52,24 @@ def register() -> None:
     register_props()
     if _on_load_pre not in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.append(_on_load_pre)
+    if _on_load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_on_load_post)
 
 
 def unregister() -> None:
-    from . import overlay
+    from . import overlay, previews
     from .jobs import MANAGER
+    from .local_backend import stop_local_backend
     from .properties import unregister_props
 
     MANAGER.shutdown()
+    stop_local_backend()  # the extension disabled: no backend left running for it
     overlay.disable()
+    previews.clear()
     while _on_load_pre in bpy.app.handlers.load_pre:
         bpy.app.handlers.load_pre.remove(_on_load_pre)
+    while _on_load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_on_load_post)
     if _registered:
         unregister_props()
     for cls in reversed(_registered):

@@ -6,7 +6,9 @@ From a shell, with the bpy module (pip install bpy) or inside Blender::
     blender -b SCENE.blend --python-expr "import frameprompt_blender.blender.batch as b; b.main()" \\
         -- --server tcp://127.0.0.1:5555 --out DIR [--frames 16] [--start 1] [--render-mp4]
 
-``--export-only`` writes just the job folder (``DIR/reference.png``, ``DIR/pose/``, ``DIR/skeleton/``)
+Without ``--server`` the batch starts a local backend (``frameprompt serve`` on a free loopback port, from
+``--backend-python`` or the environment found automatically, as the panel's local mode does) and stops it
+at the end. ``--export-only`` writes just the job folder (``DIR/reference.png``, ``DIR/pose/``, ``DIR/skeleton/``)
 and needs no server. Without ``--width/--height`` an export has the scene's render size (resolution x
 percentage), and an animation the camera's aspect at the pixel count of the server's model (its native
 size, from hello), within the largest size it takes; without ``--start/--frames`` the scene's frame
@@ -146,7 +148,7 @@ def render_sequencer_mp4(
 def run_batch(
     scene: Any = None,
     *,
-    server_address: str = DEFAULT_ADDRESS,
+    server_address: str | None = DEFAULT_ADDRESS,
     out_dir: str | Path,
     armature: Any = None,
     camera: Any = None,
@@ -168,6 +170,10 @@ def run_batch(
     connect_timeout: float = 10.0,
     job_timeout: float = 3600.0,
     curve_keys_dir: str = "",
+    backend_python: str = "",
+    backend_model: str = "",
+    backend_args: str = "",
+    preview_mode: str = "OFF",
     log: Any = print,
 ) -> dict[str, Any]:
     """Animate ``scene`` headless and return the paths written.
@@ -182,6 +188,11 @@ def run_batch(
     size multiple and within its largest size, as the server's hello reports them (``model_size``; an
     older server: the scene's render size rounded to multiples of 16). Without
     ``frame_start``/``num_frames``, the scene's frame range.
+
+    ``server_address=None`` starts a local backend (``backend_python``: its Python environment, empty =
+    found automatically; ``backend_model``, ``backend_args``: its ``--model`` and more ``frameprompt serve``
+    options) and stops it before returning. ``preview_mode`` "FAST"/"VAE" writes live previews to
+    ``out_dir/previews/``.
 
     Returns ``{"job_dir", "reference", "pose_dir", "skeleton_dir", "frames", "frames_dir", "strip",
     "blend", "video"}`` (absent outputs are None). Raises FramePromptUserError (bad scene or settings)
@@ -198,7 +209,13 @@ def run_batch(
     model = None
     if not export_only:
         settings = Settings(
-            server_address=server_address,
+            backend_mode="REMOTE" if server_address else "LOCAL",
+            python_env=backend_python,
+            local_model=backend_model,
+            local_args=backend_args,
+            idle_timeout=0.0,
+            preview_mode=preview_mode,
+            server_address=server_address or DEFAULT_ADDRESS,
             curve_keys_dir=curve_keys_dir,
             connect_timeout=connect_timeout,
             job_timeout=job_timeout,
@@ -280,6 +297,10 @@ def run_batch(
     finally:
         if manager is not None:
             manager.close_client()
+        if settings is not None and settings.backend_mode == "LOCAL":
+            from .local_backend import stop_local_backend
+
+            stop_local_backend()
 
 
 def _safe(name: str) -> str:
@@ -298,7 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="instead of a .blend: the built-in demo (a held-out character walking across the frame; "
         "reference at frame 1, animation from frame 2)",
     )
-    p.add_argument("--server", default=DEFAULT_ADDRESS, help=f"backend address (default {DEFAULT_ADDRESS})")
+    p.add_argument(
+        "--server",
+        default=None,
+        help="backend address, e.g. tcp://127.0.0.1:5555 (default: start a local backend for this run)",
+    )
+    p.add_argument(
+        "--backend-python",
+        default="",
+        help="local backend: the Python environment with frameprompt (default: found automatically)",
+    )
+    p.add_argument("--backend-model", default="", help="local backend: its --model folder")
+    p.add_argument("--backend-args", default="", help="local backend: more `frameprompt serve` options")
+    p.add_argument(
+        "--previews",
+        choices=("off", "fast", "vae"),
+        default="off",
+        help="write live previews to OUT/previews/ (default off)",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--scene", help="scene name (default: the active scene)")
     p.add_argument("--armature", help="armature object name (default: the scene's only armature)")
@@ -312,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mocap-onto",
         action="store_true",
-        help="put the clip's animation onto the armature (--armature, or the scene's only one), which must "
-        "have the bones it animates, instead of importing its own armature",
+        help="put the clip's animation onto the armature (--armature, or the scene's only one) instead of "
+        "importing its own armature: as it is when the armature has the bones it animates, else retargeted "
+        "(bones paired by their role in the body)",
     )
     p.add_argument("--mocap-scale", type=float, default=1.0, help="importer scale (BVH in cm: 0.01)")
     p.add_argument("--start", type=int, help="first frame (default: the scene start)")
@@ -402,6 +441,10 @@ def run(argv: list[str] | None = None) -> int:
             connect_timeout=args.timeout,
             job_timeout=args.job_timeout,
             curve_keys_dir=args.keys,
+            backend_python=args.backend_python,
+            backend_model=args.backend_model,
+            backend_args=args.backend_args,
+            preview_mode=args.previews.upper(),
         )
     except (FramePromptUserError, JobFailed) as exc:
         print(f"frameprompt: error: {exc}", file=sys.stderr, flush=True)

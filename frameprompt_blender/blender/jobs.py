@@ -5,15 +5,23 @@ and puts events on a ``queue.Queue``. In the UI a ``bpy.app.timers`` function dr
 main thread (the only thread allowed to touch ``bpy``), updates :class:`JobState` and tags the
 regions for redraw. In background mode (``blender -b``, the bpy module) timers never fire, so
 :meth:`JobManager.run_blocking` drains the same queue in a loop and prints progress to stdout.
+
+In local mode the backend is a ``frameprompt serve`` the add-on starts (``local_backend``). Live previews
+go to ``<job>/previews/`` and the panel. A job submitted from a saved .blend is listed in a sidecar file
+next to it (``<file>.blend.frameprompt-jobs.json``) until its result is imported, so closing the file or
+a crash loses nothing: opening the file again re-attaches the job (:meth:`JobManager.reattach`) and
+imports its result, or submits it again from the kept inputs when the backend lost it.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import queue
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +68,15 @@ class JobState:
     last_event: float = 0.0
     keep_inputs: bool = True
     timeout_s: float = 1800.0
+    # the latest live preview: its step of `preview_total`, and its frames on disk
+    preview_step: int = 0
+    preview_total: int = 0
+    preview_frames: list[str] = field(default_factory=list)
+    previews_received: int = 0
+    # what a re-attached or re-submitted job needs: the submit's params and where the backend is
+    params: dict[str, Any] = field(default_factory=dict)
+    backend: dict[str, Any] = field(default_factory=dict)
+    reattached: bool = False
 
     @property
     def active(self) -> bool:
@@ -132,12 +149,32 @@ class JobManager:
         self._tick_fn = self._tick  # one bound method, so timers.is_registered/unregister find it
         self._cancel_requested = False
         self.handle: Any = None  # the client's JobHandle of the current job
+        self._deferred = False  # the job waits for the local backend to listen
+        self._settings: Any = None
+        self._reattach_queue: list[dict[str, Any]] = []
         self.checking = False
         self._hello_result: tuple[Any, BaseException | None] | None = None
         self.log_to_stdout = bool(bpy.app.background)
 
     # ------------------------------------------------------------------ client
+    def resolve(self, settings: Any, wait_s: float | None = 120.0) -> Any:
+        """`settings` with the address of the backend to talk to: in local mode the local server, started
+        now if needed (waiting up to `wait_s` for it to listen; None: not waiting)."""
+        if getattr(settings, "backend_mode", "REMOTE") != "LOCAL":
+            return settings
+        from .local_backend import BackendOptions, local_backend
+
+        backend = local_backend()
+        options = BackendOptions(
+            settings.python_env, settings.local_model, settings.idle_timeout, settings.local_args
+        )
+        address = backend.start(options)
+        if wait_s is not None:
+            backend.wait_listening(wait_s)
+        return replace(settings, server_address=address, curve_keys_dir="")
+
     def client_for(self, settings: Any) -> Any:
+        settings = self.resolve(settings)
         check_online_access(settings.server_address)
         key = (settings.server_address, settings.curve_keys_dir, settings.connect_timeout)
         if self.client is not None and self._client_key == key:
@@ -166,7 +203,12 @@ class JobManager:
         """Blocking hello (bounded by the connect timeout). Fills :attr:`backend`."""
         try:
             client = self.client_for(settings)
+            if getattr(settings, "backend_mode", "REMOTE") == "LOCAL":
+                from .local_backend import local_backend
+
+                local_backend().wait_ready(settings.job_timeout)  # the hello then has the model's size
             info = client.hello()
+            settings = self.resolve(settings, None)
         except FramePromptUserError as exc:
             self.backend, self.backend_error = {}, str(exc)
             raise
@@ -195,7 +237,7 @@ class JobManager:
         client = self.client_for(settings)  # may raise FramePromptUserError (online access)
         self.checking = True
         self._hello_result = None
-        address = settings.server_address
+        address = self.resolve(settings, None).server_address
 
         def worker() -> None:
             try:
@@ -233,6 +275,18 @@ class JobManager:
 
         set_backend_loras([lo if isinstance(lo, str) else str(lo.get("name", "")) for lo in loras])
 
+    def release_model(self, settings: Any) -> dict[str, Any]:
+        """Ask the backend to free its model's memory (it loads it again for the next job)."""
+        if getattr(settings, "backend_mode", "REMOTE") == "LOCAL":
+            from .local_backend import local_backend
+
+            if not local_backend().running:
+                return {"workers": 0}
+        try:
+            return dict(self.client_for(settings).release_model())
+        except Exception as exc:
+            raise JobFailed(getattr(exc, "code", "server_unavailable"), _describe(exc, "")) from None
+
     def backend_status_line(self) -> str:
         if self.checking:
             return "Backend: checking..."
@@ -254,12 +308,11 @@ class JobManager:
         if self.log_to_stdout:
             print(f"frameprompt: {msg}", flush=True)
 
-    def _start(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> None:
+    def _start(
+        self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str, wait: bool = True
+    ) -> None:
         if self.job.active:
             raise FramePromptUserError("A job is already running: wait for it or press Cancel")
-        client = self.client_for(settings)
-        reference = export.reference.read_bytes()
-        poses = [p.read_bytes() for p in export.skeleton_files]
         self.job = JobState(
             state=SUBMITTING,
             job_dir=str(export.job_dir),
@@ -271,17 +324,38 @@ class JobManager:
             keep_inputs=settings.keep_inputs,
             timeout_s=settings.job_timeout,
             message="submitting",
+            params=dict(spec.params()),
+            backend=_backend_entry(settings),
         )
         self._cancel_requested = False
-        self._log(
-            f"submitting {spec.num_frames} frames {spec.width}x{spec.height} to {settings.server_address}"
+        self._settings = settings
+        local = getattr(settings, "backend_mode", "REMOTE") == "LOCAL"
+        if local and not wait:
+            from .local_backend import STARTING, local_backend
+
+            self.resolve(settings, None)
+            if local_backend().state == STARTING:  # the tick sends it once the server listens
+                self.job.message = "starting the local backend"
+                self._deferred = True
+                return
+        self._send_job(settings)
+
+    def _send_job(self, settings: Any) -> None:
+        self._deferred = False
+        job = self.job
+        client = self.client_for(settings)
+        folder = Path(job.job_dir)
+        reference = (folder / "reference.png").read_bytes()
+        poses = [p.read_bytes() for p in sorted((folder / "skeleton").glob("*.png"))]
+        self._log(f"submitting {len(poses)} frames to {client.address}")
+        self.handle = client.submit(
+            reference, poses, pose_format="png", params=job.params, preview=_preview_request(settings)
         )
-        self.handle = client.submit(reference, poses, pose_format="png", params=spec.params())
 
     def submit(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> None:
         """Non-blocking submit for the UI: events are drained by a timer."""
         try:
-            self._start(spec, export, settings, strip_scene)
+            self._start(spec, export, settings, strip_scene, wait=False)
         except Exception as exc:
             self._fail(exc, settings.server_address)
             raise
@@ -290,7 +364,11 @@ class JobManager:
 
     def run_blocking(self, spec: JobSpec, export: ExportResult, settings: Any, strip_scene: str) -> JobState:
         """Submit and wait (background mode): returns the final state; raises JobFailed on failure."""
-        self._start(spec, export, settings, strip_scene)
+        try:
+            self._start(spec, export, settings, strip_scene)
+        except Exception as exc:
+            self._fail(exc, settings.server_address)
+            raise
         try:
             while self.job.active:
                 self._drain(block_s=0.5)
@@ -327,6 +405,8 @@ class JobManager:
     # ------------------------------------------------------------------ events
     def _tick(self) -> float | None:
         try:
+            if self._deferred:
+                self._send_deferred()
             self._drain(block_s=0.0)
             self._check_timeout()
         except Exception as exc:  # never let an exception kill the timer silently
@@ -335,6 +415,22 @@ class JobManager:
         if self.job.active:
             return TICK_S
         return None
+
+    def _send_deferred(self) -> None:
+        from .local_backend import FAILED as BACKEND_FAILED
+        from .local_backend import STARTING, local_backend
+
+        backend = local_backend()
+        if backend.state == STARTING:
+            self.job.message = "starting the local backend"
+            self.job.last_event = time.monotonic()
+            return
+        if backend.state == BACKEND_FAILED:
+            self._deferred = False
+            tail = " | ".join(backend.log_tail(3))
+            self._finish(FAILED, f"The local backend failed ({backend.error}): {tail}", code="backend_failed")
+            return
+        self._send_job(self._settings)
 
     def _check_timeout(self) -> None:
         if self.job.active and time.monotonic() - self.job.last_event > self.job.timeout_s:
@@ -370,6 +466,8 @@ class JobManager:
             self._on_accepted(job_id)
         elif kind == "progress":
             self._on_progress(job_id, h)
+        elif kind == "preview":
+            self._on_preview(h, parts)
         elif kind == "result":
             self._on_result(job_id, parts)
         elif kind == "error":
@@ -389,7 +487,14 @@ class JobManager:
         if job_id and self.job.job_id and job_id != self.job.job_id:
             return True
         # A job message with nothing waiting for it (e.g. after a timeout) must not revive the job.
-        return not self.job.active and kind in ("accepted", "progress", "result", "error", "status")
+        return not self.job.active and kind in (
+            "accepted",
+            "progress",
+            "preview",
+            "result",
+            "error",
+            "status",
+        )
 
     def _on_accepted(self, job_id: str) -> None:
         job = self.job
@@ -397,6 +502,7 @@ class JobManager:
         job.state = QUEUED
         job.message = "queued"
         self._log(f"job {job_id} accepted")
+        remember_pending(job)
 
     def _on_progress(self, job_id: str, h: dict[str, Any]) -> None:
         job = self.job
@@ -413,8 +519,31 @@ class JobManager:
         elif job.phase:
             self._log(job.phase)
 
+    def _on_preview(self, h: dict[str, Any], parts: list[bytes]) -> None:
+        """The latest preview to ``<job>/previews/`` (replacing the last one) and to the panel."""
+        job = self.job
+        out = Path(job.job_dir) / "previews"
+        job.preview_frames = [str(p) for p in _write_frames(out, parts)]
+        for stale in sorted(out.glob("*.png"))[len(parts) :]:
+            stale.unlink(missing_ok=True)
+        job.preview_step, job.preview_total = int(h.get("step") or 0), int(h.get("total") or 0)
+        job.previews_received += 1
+        from . import previews
+
+        previews.show(job)
+        self._log(f"preview after step {job.preview_step}/{job.preview_total} -> {out}")
+
     def _on_error(self, h: dict[str, Any]) -> None:
         code = str(h.get("code") or "model_error")
+        if self.job.reattached and code in ("interrupted", "unknown_job") and _has_inputs(self.job):
+            # the backend lost the job (it stopped with Blender): the exported inputs are kept, send again
+            self._log(f"the backend lost job {self.job.job_id} ({code}); submitting it again")
+            forget_pending(self.job)
+            self.job.reattached = False
+            self.job.job_id = ""
+            self.job.state, self.job.message = SUBMITTING, "submitting again: the backend had lost the job"
+            self._send_job(self._settings)
+            return
         # After a cancel the backend may already have forgotten the job: that is the cancel succeeding.
         if code == "cancelled" or (self._cancel_requested and code in ("unknown_job", "interrupted")):
             self._finish(CANCELLED, "Cancelled: no frames were imported; press Animate to run it again")
@@ -463,14 +592,20 @@ class JobManager:
             _remove_inputs(Path(job.job_dir))
         self._finish(DONE, f"Done: {len(paths)} frames in strip '{strip.name}' (channel {strip.channel})")
 
-    def _finish(self, state: str, message: str, code: str = "") -> None:
+    def _finish(self, state: str, message: str, code: str = "", forget: bool = True) -> None:
         if state in (DONE, FAILED, CANCELLED):
             self.handle = None
+            self._deferred = False
+            if forget:
+                forget_pending(self.job)
         self.job.state = state
         self.job.message = message
         self.job.error_code = code
         self._cancel_requested = False
         self._log(message)
+        if state in (DONE, FAILED, CANCELLED) and forget and self._reattach_queue:
+            entry = self._reattach_queue.pop(0)
+            self.reattach(entry, self._settings)
 
     def _fail(self, exc: BaseException, address: str) -> None:
         code = getattr(exc, "code", "") or ("bad_input" if isinstance(exc, FramePromptUserError) else "")
@@ -480,9 +615,156 @@ class JobManager:
         """Stop the timer and the client thread (add-on disabled, file closed)."""
         if bpy.app.timers.is_registered(self._tick_fn):
             bpy.app.timers.unregister(self._tick_fn)
+        self._reattach_queue.clear()
         if self.job.active:
-            self._finish(CANCELLED, "Stopped: the file was closed or the add-on disabled")
+            # the job goes on on the backend and stays listed next to its .blend, to be re-attached
+            self._finish(CANCELLED, "Stopped: the file was closed or the add-on disabled", forget=False)
         self.close_client()
+
+    # ------------------------------------------------------------------ re-attach
+    def reattach_pending(self, blend_path: str, settings: Any) -> int:
+        """Re-attach the jobs listed next to `blend_path` (opened again after a close or a crash); in
+        background mode wait for each. Returns how many were listed."""
+        entries = read_pending(blend_path)
+        if not entries:
+            return 0
+        self._reattach_queue = list(entries[1:])
+        self.reattach(entries[0], settings)
+        if bpy.app.background:
+            while self.job.active:
+                self._drain(block_s=0.5)
+                self._check_timeout()
+        return len(entries)
+
+    def reattach(self, entry: dict[str, Any], settings: Any) -> None:
+        """Follow a job submitted earlier (maybe by another Blender process): its result is imported as
+        if it had just arrived."""
+        backend = dict(entry.get("backend") or {})
+        if backend.get("mode") == "LOCAL":
+            settings = replace(settings, backend_mode="LOCAL")
+        else:
+            settings = replace(
+                settings,
+                backend_mode="REMOTE",
+                server_address=str(backend.get("address") or settings.server_address),
+                curve_keys_dir=str(backend.get("curve_keys_dir") or ""),
+            )
+        self._settings = settings
+        self.job = JobState(
+            state=QUEUED,
+            job_id=str(entry["job_id"]),
+            job_dir=str(entry["job_dir"]),
+            scene=str(entry["scene"]),
+            frame_start=int(entry["frame_start"]),
+            num_frames=int(entry["num_frames"]),
+            started=time.monotonic(),
+            last_event=time.monotonic(),
+            keep_inputs=bool(entry.get("keep_inputs", True)),
+            timeout_s=settings.job_timeout,
+            message=f"re-attached to job {str(entry['job_id'])[:8]}",
+            params=dict(entry.get("params") or {}),
+            backend=backend,
+            reattached=True,
+        )
+        self._cancel_requested = False
+        self._log(f"re-attaching job {self.job.job_id}")
+        try:
+            self.handle = self.client_for(settings).fetch(self.job.job_id)
+        except Exception as exc:
+            self._fail(exc, settings.server_address)
+            return
+        if not bpy.app.background and not bpy.app.timers.is_registered(self._tick_fn):
+            bpy.app.timers.register(self._tick_fn, first_interval=TICK_S)
+
+
+def _preview_request(settings: Any) -> dict[str, Any] | None:
+    mode = str(getattr(settings, "preview_mode", "OFF")).lower()
+    return None if mode == "off" else {"mode": mode, "every": 1, "max_side": 128}
+
+
+def _backend_entry(settings: Any) -> dict[str, Any]:
+    """Where a job runs, as the sidecar file keeps it: the local backend (whatever its port then) or an
+    address."""
+    if getattr(settings, "backend_mode", "REMOTE") == "LOCAL":
+        return {"mode": "LOCAL"}
+    return {"mode": "REMOTE", "address": settings.server_address, "curve_keys_dir": settings.curve_keys_dir}
+
+
+def _has_inputs(job: JobState) -> bool:
+    folder = Path(job.job_dir)
+    return (folder / "reference.png").is_file() and any((folder / "skeleton").glob("*.png"))
+
+
+def pending_path(blend_path: str) -> Path:
+    """The sidecar file that lists a .blend's unfinished jobs."""
+    return Path(blend_path + ".frameprompt-jobs.json")
+
+
+def read_pending(blend_path: str) -> list[dict[str, Any]]:
+    """The unfinished jobs listed next to `blend_path` (none for an unsaved file or an unreadable list)."""
+    if not blend_path:
+        return []
+    path = pending_path(blend_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        print(f"frameprompt: cannot read the job list {path}: {exc}", flush=True)
+        return []
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    return [j for j in jobs or [] if isinstance(j, dict) and j.get("job_id") and j.get("job_dir")]
+
+
+def _write_pending(blend_path: str, entries: list[dict[str, Any]]) -> None:
+    path = pending_path(blend_path)
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:  # replaced atomically: a crash leaves the old list
+        json.dump({"jobs": entries}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def remember_pending(job: JobState) -> None:
+    """List an accepted job next to the saved .blend it came from (nothing for an unsaved file)."""
+    blend = bpy.data.filepath
+    if not blend or not job.job_id:
+        return
+    entries = [e for e in read_pending(blend) if e.get("job_id") != job.job_id]
+    entries.append(
+        {
+            "job_id": job.job_id,
+            "job_dir": job.job_dir,
+            "scene": job.scene,
+            "frame_start": job.frame_start,
+            "num_frames": job.num_frames,
+            "keep_inputs": job.keep_inputs,
+            "params": job.params,
+            "backend": job.backend,
+            "submitted": time.time(),
+        }
+    )
+    try:
+        _write_pending(blend, entries)
+    except OSError as exc:
+        print(f"frameprompt: cannot list job {job.job_id} next to {blend}: {exc}", flush=True)
+
+
+def forget_pending(job: JobState) -> None:
+    blend = bpy.data.filepath
+    if not blend or not job.job_id:
+        return
+    entries = read_pending(blend)
+    kept = [e for e in entries if e.get("job_id") != job.job_id]
+    if len(kept) != len(entries):
+        try:
+            _write_pending(blend, kept)
+        except OSError as exc:
+            print(f"frameprompt: cannot update the job list next to {blend}: {exc}", flush=True)
 
 
 def _write_frames(out: Path, parts: list[bytes]) -> list[Path]:

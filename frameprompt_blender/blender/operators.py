@@ -1,4 +1,5 @@
-"""Operators: ``frameprompt.export``, ``.animate``, ``.cancel``, ``.test_connection``, ``.show_result``,
+"""Operators: ``frameprompt.export``, ``.animate``, ``.cancel``, ``.test_connection``, ``.release_model``,
+``.show_result``,
 ``.toggle_overlay``, ``.import_mocap``."""
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class FRAMEPROMPT_OT_animate(_JobFolder, bpy.types.Operator):
         try:
             from .jobs import check_online_access
 
-            check_online_access(settings.server_address)
+            if settings.backend_mode != "LOCAL":
+                check_online_access(settings.server_address)
             if context.scene.frameprompt.resolution_preset == "MODEL":
                 # the size comes from the server's model: learn it before exporting (no Test Connection
                 # needed); a backend that reports none leaves the width/height fields
@@ -176,6 +178,34 @@ class FRAMEPROMPT_OT_test_connection(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class FRAMEPROMPT_OT_release_model(bpy.types.Operator):
+    """Make the backend free its model's memory (GPU or RAM) for Cycles or another program; the next job
+    loads the model again"""
+
+    bl_idname = "frameprompt.release_model"
+    bl_label = "Free Model Memory"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context: Any) -> bool:
+        if MANAGER.job.active:
+            cls.poll_message_set("A job is running: the model is in use")
+            return False
+        return True
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            answer = MANAGER.release_model(get_settings(context))
+        except (JobFailed, FramePromptUserError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if not answer.get("workers"):
+            self.report({"INFO"}, "The local backend is not running: no model is loaded")
+        else:
+            self.report({"INFO"}, "The backend frees its model; the next job loads it again")
+        return {"FINISHED"}
+
+
 class FRAMEPROMPT_OT_show_result(bpy.types.Operator):
     """Select the last result's strip in the Sequencer and move the playhead to it"""
 
@@ -236,8 +266,9 @@ class FRAMEPROMPT_OT_import_mocap(bpy.types.Operator):
     filter_glob: StringProperty(default="*.bvh;*.fbx", options={"HIDDEN"})  # type: ignore[valid-type]
     onto_armature: BoolProperty(  # type: ignore[valid-type]
         name="Onto the armature",
-        description="Put the clip's animation onto the FramePrompt armature (it must have the bones the clip "
-        "animates: the clip was made for it) instead of importing the clip's own armature",
+        description="Put the clip's animation onto the FramePrompt armature instead of importing the clip's "
+        "own armature: as it is when the armature has the bones the clip animates, else retargeted onto it "
+        "(bones paired by their role in the body, limbs aimed as in the clip)",
         default=False,
     )
     scale: FloatProperty(  # type: ignore[valid-type]
@@ -274,6 +305,7 @@ CLASSES = (
     FRAMEPROMPT_OT_animate,
     FRAMEPROMPT_OT_cancel,
     FRAMEPROMPT_OT_test_connection,
+    FRAMEPROMPT_OT_release_model,
     FRAMEPROMPT_OT_show_result,
     FRAMEPROMPT_OT_toggle_overlay,
     FRAMEPROMPT_OT_import_mocap,

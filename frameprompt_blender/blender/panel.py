@@ -35,10 +35,10 @@ class FRAMEPROMPT_PT_animate(bpy.types.Panel):
         _draw_resolution(layout, scene, settings)
         _draw_reference(layout, settings)
         _draw_generation(layout, settings)
-        _draw_backend(layout)
+        _draw_backend(layout, context)
         _draw_problems(layout, context)
         _draw_actions(layout, context)
-        _draw_job(layout, MANAGER.job)
+        _draw_job(layout, context, MANAGER.job)
         _draw_last_result(layout, settings)
 
 
@@ -141,11 +141,24 @@ def _draw_generation(layout: Any, settings: Any) -> None:
     col.prop(settings, "lora")
 
 
-def _draw_backend(layout: Any) -> None:
+def _draw_backend(layout: Any, context: Any) -> None:
+    from .preferences import get_settings
+
     box = layout.box()
     row = box.row()
     row.label(text=MANAGER.backend_status_line(), icon="LINKED" if MANAGER.backend else "UNLINKED")
     row.operator("frameprompt.test_connection", text="", icon="FILE_REFRESH")
+    row.operator("frameprompt.release_model", text="", icon="TRASH")
+    if get_settings(context).backend_mode == "LOCAL":
+        from .local_backend import FAILED as BACKEND_FAILED
+        from .local_backend import local_backend
+
+        backend = local_backend()
+        failed = backend.state == BACKEND_FAILED
+        box.label(text=backend.status_line()[:120], icon="ERROR" if failed else "CONSOLE")
+        if failed:  # the server's own last words say what to fix
+            for line in backend.log_tail(4):
+                box.label(text=line[:120])
     if MANAGER.backend_error:
         box.label(text=MANAGER.backend_error[:120], icon="ERROR")
 
@@ -173,11 +186,13 @@ def _draw_actions(layout: Any, context: Any) -> None:
         )
 
 
-def _draw_job(layout: Any, job: JobState) -> None:
-    """Progress and Cancel while a job runs, else the outcome of the last one (nothing before the first)."""
+def _draw_job(layout: Any, context: Any, job: JobState) -> None:
+    """Progress, the live preview and Cancel while a job runs, else the outcome of the last one (nothing
+    before the first)."""
     if job.active:
         box = layout.box()
         box.progress(text=job.progress_text(), factor=job.factor, type="BAR")
+        _draw_preview(box, context, job)
         box.operator("frameprompt.cancel", icon="CANCEL")
     elif job.state in _RESULT_ICONS:
         icon = _RESULT_ICONS[job.state]
@@ -186,6 +201,21 @@ def _draw_job(layout: Any, job: JobState) -> None:
             box.label(text=line, icon=icon if i == 0 else "BLANK1")
         if job.state == FAILED and job.job_dir:
             box.label(text=f"Inputs kept in {job.job_dir}"[:120], icon="FILE_FOLDER")
+
+
+def _draw_preview(layout: Any, context: Any, job: JobState) -> None:
+    from . import previews
+
+    wm_state = getattr(context.window_manager, "frameprompt", None)
+    frame = wm_state.preview_frame if wm_state is not None else 0
+    icon = previews.icon_id(job, frame)
+    if not icon:
+        return
+    layout.label(text=f"Preview after step {job.preview_step}/{job.preview_total}")
+    layout.template_icon(icon_value=icon, scale=8.0)
+    if wm_state is not None and len(job.preview_frames) > 1:
+        row = layout.row()
+        row.prop(wm_state, "preview_frame", text=f"Frame (of {len(job.preview_frames)})", slider=True)
 
 
 def _draw_last_result(layout: Any, settings: Any) -> None:

@@ -227,12 +227,18 @@ class FRAMEPROMPT_BoneMap(bpy.types.PropertyGroup):
 
 
 class FRAMEPROMPT_WindowState(bpy.types.PropertyGroup):
-    """Session-only UI state (not saved): the overlay toggle."""
+    """Session-only UI state (not saved): the overlay toggle, the live preview's frame."""
 
     show_overlay: BoolProperty(  # type: ignore[valid-type]
         name="Skeleton overlay",
         description="Draw the OpenPose skeleton the model will receive in the 3D Viewport",
         default=False,
+    )
+    preview_frame: IntProperty(  # type: ignore[valid-type]
+        name="Preview frame",
+        description="Which frame of the live preview to show (scrub through the current estimate)",
+        default=0,
+        min=0,
     )
 
 

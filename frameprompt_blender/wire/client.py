@@ -130,6 +130,9 @@ class JobHandle:
         self.state = "submitting" if job_id is None else "fetching"
         self.queue_position: int | None = None
         self.progress: dict[str, Any] = {}
+        # the latest live preview (revision 4): {"step", "total", "mode", "frames": [PNG bytes]}
+        self.preview: dict[str, Any] | None = None
+        self.previews_received = 0
         self.error: P.ProtocolError | None = None
         self._result: P.Result | None = None
         self._done = threading.Event()
@@ -189,6 +192,14 @@ class JobHandle:
                 self.queue_position = h.get("queue_position")
             else:
                 self.state, self.queue_position = "running", None
+        elif ev.type == "preview":
+            self.preview = {
+                "step": h.get("step"),
+                "total": h.get("total"),
+                "mode": h.get("mode"),
+                "frames": list(ev.parts),
+            }
+            self.previews_received += 1
         elif ev.type == "status":
             self.state = h.get("state", self.state)
             self.queue_position = h.get("queue_position")
@@ -279,6 +290,11 @@ class FramePromptClient:
         an older server, or no model loaded)."""
         return P.ModelSize.from_hello(self.server_info)
 
+    def release_model(self, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the server to free its model's memory (revision 4; after the running job, if any); the
+        next job loads it again. Raises RemoteError('unknown_type') from an older server."""
+        return self._request("released", P.build_release(self._new_req()), timeout)
+
     def status(self, job_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The job's state on the server: {'state', 'queue_position', 'progress', 'error', 'meta', ...}."""
         return self._request("status", P.build_job_request("status", job_id, self._new_req()), timeout)
@@ -291,6 +307,7 @@ class FramePromptClient:
         pose_format: str | None = None,
         params: P.JobParams | Mapping[str, Any] | None = None,
         result_format: str | None = None,
+        preview: Mapping[str, Any] | None = None,
         **param_fields: Any,
     ) -> JobHandle:
         """Send a job; returns at once with a JobHandle (its job_id arrives with the `accepted` event).
@@ -301,6 +318,8 @@ class FramePromptClient:
         lora_scale, fps, options (see protocol.JobParams). Raises ProtocolError on invalid input.
         result_format: None/'png' (PNG frames) or 'rgb8' (raw RGB frames, protocol revision 2: cheaper for
         the server; a server that does not offer it answers with PNG). Check `Result.frame_format`.
+        preview: None or {"mode": "fast" | "vae", "every": steps, "max_side": pixels} (revision 4): the
+        handle's `preview` then holds the latest small PNG frames of the current estimate.
         """
         ref = _read(reference)
         pose_data = [_read(p) for p in poses]
@@ -318,6 +337,7 @@ class FramePromptClient:
             req=req,
             limits=self._limits,
             result_format=result_format,
+            preview=preview,
         )
         handle = JobHandle(self, req)
         self._call("submit", (frames, handle))

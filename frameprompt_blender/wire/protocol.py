@@ -17,6 +17,9 @@ revision-1 client never asks for rgb8, so it only ever sees PNG frames. Servers 
 `frame_formats` in hello. Revision 3 adds `model_size` to hello (the model's native size, largest size,
 size multiple and window; `ModelSize`), and a server of revision 3 refuses at submit a size its model
 cannot take (`check_model_size`); `fit_model_size` is the client's choice of a size for a camera aspect.
+Revision 4 adds live previews (a submit's `preview` field, `preview` messages with small PNG frames of
+the current estimate; `check_preview`, `build_preview`) and `release` (the server frees its model, which
+it loads again for the next job; hello `model_loaded`).
 
 The ROUTER on the server side prepends the client's routing id; it is not part of this module's frames.
 """
@@ -38,13 +41,15 @@ from ..core.frame_names import frame_name
 
 PROTOCOL_VERSION = 1
 # Additive revisions of version 1 (see the module docstring and docs/protocol.md): 2 = rgb8 result frames,
-# 3 = hello `model_size`, sizes checked against the model at submit.
-PROTOCOL_REVISION = 3
+# 3 = hello `model_size`, sizes checked against the model at submit, 4 = previews and `release`.
+PROTOCOL_REVISION = 4
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 
 # Messages a client sends, and messages a server sends.
-CLIENT_TYPES = frozenset({"hello", "submit", "cancel", "status", "fetch", "heartbeat"})
-SERVER_TYPES = frozenset({"hello", "accepted", "progress", "result", "error", "status", "heartbeat"})
+CLIENT_TYPES = frozenset({"hello", "submit", "cancel", "status", "fetch", "heartbeat", "release"})
+SERVER_TYPES = frozenset(
+    {"hello", "accepted", "progress", "result", "error", "status", "heartbeat", "preview", "released"}
+)
 
 # Job states. Terminal states never change again.
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
@@ -56,12 +61,16 @@ PHASES = ("queued", "preparing", "loading", "denoising", "decoding", "saving")
 POSE_FORMATS = ("png", "openpose_json")
 # Result frame formats: "png" (default) or "rgb8" (raw 8-bit RGB, row-major, width*height*3 bytes; rev 2).
 FRAME_FORMATS = ("png", "rgb8")
+# Live previews (rev 4): "fast" projects the latents to RGB with a linear map, "vae" decodes the current
+# estimate of the clean latents with the VAE. Small images only: the longest side is at most this.
+PREVIEW_MODES = ("off", "fast", "vae")
+PREVIEW_MAX_SIDE = 256
 
 # Stable error codes -> the hint sent when the sender has nothing more specific to say.
 ERROR_HINTS: dict[str, str] = {
     "bad_message": "send a multipart message whose first frame is a JSON object (see docs/protocol.md)",
     "unsupported_version": "update the FramePrompt add-on and the backend to the same release",
-    "unknown_type": "use one of: hello, submit, cancel, status, fetch, heartbeat",
+    "unknown_type": "use one of: hello, submit, cancel, status, fetch, heartbeat, release",
     "bad_request": "check the message fields against docs/protocol.md",
     "message_too_large": "send fewer or smaller images, or raise the server's --max-message-mb",
     "too_many_frames": "animate fewer frames per job (split the animation) or raise the server's --max-frames",
@@ -504,9 +513,59 @@ _PARAM_SPECS: dict[str, str] = {
     "prompt": "str",
     "lora": "name",
     "lora_scale": "number",
+    "cache": "str",
+    "loras": "list",
     "fps": "number",
     "options": "object",
 }
+# `cache`: the step cache of a job, "NAME" or "NAME:VALUE" (the backend's `--cache`); "none" turns off
+# a server default.
+STEP_CACHES = ("first-block", "mag", "taylorseer")
+# `loras`: several of the server's LoRAs at once, [{"name": ..., "scale": ...}, ...]
+MAX_LORAS = 8
+
+
+def check_step_cache(value: str) -> str:
+    """A job's `cache` value, normalised ("first-block", "mag:0.1", "none"); ProtocolError if malformed."""
+    name, sep, raw = value.strip().lower().partition(":")
+    hint = "use " + ", ".join(f"'{n}' or '{n}:VALUE'" for n in STEP_CACHES) + ", or 'none'"
+    if name == "none" and not sep:
+        return name
+    if name not in STEP_CACHES:
+        raise ProtocolError("bad_request", f"unknown step cache {name[:40]!r}", hint)
+    if sep:
+        try:
+            number = float(raw)
+        except ValueError:
+            raise ProtocolError(
+                "bad_request", f"step cache value {raw[:40]!r} is not a number", hint
+            ) from None
+        if not (0.0 < number <= 1000.0):
+            raise ProtocolError("bad_request", f"step cache value {number} is outside (0, 1000]", hint)
+    return f"{name}{sep}{raw.strip()}"
+
+
+def check_loras(value: list[Any]) -> list[dict[str, Any]]:
+    """A job's `loras` list: each {"name": str, "scale": number in [-10, 10] (default 1.0)}, names
+    distinct, at most MAX_LORAS."""
+    if len(value) > MAX_LORAS:
+        raise ProtocolError("bad_request", f"'loras' has more than {MAX_LORAS} entries")
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not set(item) <= {"name", "scale"} or "name" not in item:
+            raise ProtocolError(
+                "bad_request",
+                f"loras[{i}] must be an object {{'name': ..., 'scale': ...}}",
+                "scale is optional",
+            )
+        name = check_name(item["name"], "LoRA name")
+        scale = item.get("scale", 1.0)
+        if not _is_number(scale) or not (-10.0 <= scale <= 10.0):
+            raise ProtocolError("bad_request", f"loras[{i}] scale must be a number in [-10, 10]")
+        if any(o["name"] == name for o in out):
+            raise ProtocolError("bad_request", f"LoRA {name!r} is listed twice in 'loras'")
+        out.append({"name": name, "scale": float(scale)})
+    return out
 
 
 @dataclass
@@ -516,7 +575,8 @@ class JobParams:
     `num_frames` is the number of output frames and must equal the number of pose parts; it may exceed the
     model's window (`window_frames` in hello) only on servers whose hello says `long_animation: true`.
     `options` is an open JSON object for extensions (e.g. long-animation windowing); servers ignore keys
-    they do not know there.
+    they do not know there. `cache` chooses the step cache (`check_step_cache`); `loras` combines several
+    of the server's LoRAs, each with its strength (`check_loras`), and takes the place of `lora`.
     """
 
     num_frames: int | None = None
@@ -528,6 +588,8 @@ class JobParams:
     prompt: str | None = None
     lora: str | None = None
     lora_scale: float | None = None
+    cache: str | None = None
+    loras: list[dict[str, Any]] | None = None
     fps: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -562,6 +624,7 @@ def parse_params(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobParams:
             "str": lambda x: isinstance(x, str),
             "name": lambda x: isinstance(x, str),
             "object": lambda x: isinstance(x, dict),
+            "list": lambda x: isinstance(x, list),
         }[kind](v)
         if not ok:
             raise ProtocolError(
@@ -593,6 +656,12 @@ def parse_params(raw: Any, limits: Limits = DEFAULT_LIMITS) -> JobParams:
         raise ProtocolError("bad_request", f"prompt is longer than {limits.max_prompt_chars} characters")
     if out.lora is not None:
         check_name(out.lora, "LoRA name")
+    if out.cache is not None:
+        out.cache = check_step_cache(out.cache)
+    if out.loras is not None:
+        out.loras = check_loras(out.loras)
+        if out.lora is not None:
+            raise ProtocolError("bad_request", "give either 'lora' or 'loras', not both", "put it in 'loras'")
     if len(out.options) > limits.max_options:
         raise ProtocolError("bad_request", f"'options' has more than {limits.max_options} keys")
     return out
@@ -610,6 +679,7 @@ class SubmitRequest:
     reference_info: PngInfo | None = None
     req: str | None = None
     result_format: str = "png"
+    preview: dict[str, Any] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -626,10 +696,12 @@ def build_submit(
     req: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     result_format: str | None = None,
+    preview: Mapping[str, Any] | None = None,
 ) -> list[bytes]:
     """Frames for a submit. Validates everything a server would (raises ProtocolError), so a client fails
     fast with the same code the server would send. `result_format`: None/"png" (default) or "rgb8"
-    (revision 2; a revision-1 server ignores it and sends PNG)."""
+    (revision 2; a revision-1 server ignores it and sends PNG). `preview`: None or {"mode": "fast" |
+    "vae", "every": steps, "max_side": pixels} (revision 4; an older server ignores it)."""
     if isinstance(params, JobParams):
         params = params.to_dict()
     params = dict(params or {})
@@ -644,6 +716,8 @@ def build_submit(
     fields: dict[str, Any] = {"pose_format": pose_format, "params": params, "parts": parts_desc}
     if result_format is not None and result_format != "png":
         fields["result_format"] = result_format
+    if preview is not None and preview.get("mode", "off") != "off":
+        fields["preview"] = dict(preview)
     if req:
         fields["req"] = req
     frames = encode("submit", fields, [bytes(reference_png), *(bytes(p) for p in poses)])
@@ -699,7 +773,53 @@ def parse_submit(msg: Message, limits: Limits = DEFAULT_LIMITS) -> SubmitRequest
             check_png(data, limits, f"pose {name}")
         else:
             check_pose_json(data, limits, f"pose {name}")
-    return SubmitRequest(reference, poses, pose_format, names, params, ref_info, h.get("req"), result_format)
+    return SubmitRequest(
+        reference,
+        poses,
+        pose_format,
+        names,
+        params,
+        ref_info,
+        h.get("req"),
+        result_format,
+        check_preview(h.get("preview")),
+    )
+
+
+def check_preview(raw: Any) -> dict[str, Any] | None:
+    """A submit's `preview` field (revision 4) as {"mode", "every", "max_side"}, or None for no previews.
+    Raises ProtocolError('bad_request') naming the bad key."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_request", '\'preview\' must be an object like {"mode": "fast"}')
+    unknown = sorted(set(raw) - {"mode", "every", "max_side"})
+    if unknown:
+        raise ProtocolError(
+            "bad_request", f"unknown preview key {unknown[0][:40]!r}", "use mode, every and max_side"
+        )
+    mode = raw.get("mode", "fast")
+    if mode not in PREVIEW_MODES:
+        raise ProtocolError("bad_request", f"preview mode must be one of {', '.join(PREVIEW_MODES)}")
+    every, max_side = raw.get("every", 1), raw.get("max_side", 128)
+    if not (_is_int(every) and 1 <= every <= 1000):
+        raise ProtocolError("bad_request", "preview 'every' must be a number of steps, 1 ... 1000")
+    if not (_is_int(max_side) and 16 <= max_side <= PREVIEW_MAX_SIDE):
+        raise ProtocolError("bad_request", f"preview 'max_side' must be 16 ... {PREVIEW_MAX_SIDE} pixels")
+    return None if mode == "off" else {"mode": mode, "every": every, "max_side": max_side}
+
+
+def build_preview(job_id: str, step: int, total: int, mode: str, frames: Sequence[bytes]) -> list[bytes]:
+    """A `preview` message (revision 4): small PNG frames of the job's current estimate after `step` of
+    `total` steps, in frame order."""
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "step": int(step),
+        "total": int(total),
+        "mode": mode,
+        "parts": [{"name": frame_name(i), "role": "preview", "kind": "png"} for i in range(len(frames))],
+    }
+    return encode("preview", fields, list(frames))
 
 
 # ----------------------------------------------------------------------------- cancel / status / fetch
@@ -728,6 +848,12 @@ def build_heartbeat(job_ids: Iterable[str] = (), req: str | None = None) -> list
     if req:
         fields["req"] = req
     return encode("heartbeat", fields)
+
+
+def build_release(req: str | None = None) -> list[bytes]:
+    """Ask the server to free its model's memory (revision 4); it loads the model again for the next job
+    and answers `released`."""
+    return encode("release", {"req": req} if req else None)
 
 
 def parse_heartbeat(msg: Message) -> list[str]:

@@ -124,6 +124,7 @@ def test_backend_absent_fails_within_the_timeout(addon, empty_scene, tmp_path):
 
 def test_animate_operator_headless_on_the_demo_scene(tiny_server, demo_scene, tmp_path):
     prefs = bpy.context.preferences.addons["frameprompt_blender"].preferences
+    prefs.backend_mode = "REMOTE"  # the test's own server, not a local one
     old = prefs.server_address
     prefs.server_address = tiny_server
     try:
@@ -147,6 +148,7 @@ def test_animate_with_the_model_size_preset_asks_the_backend_first(tiny_server, 
     from frameprompt_blender.blender.properties import backend_model_size, set_backend_model_size
 
     prefs = bpy.context.preferences.addons["frameprompt_blender"].preferences
+    prefs.backend_mode = "REMOTE"  # the test's own server, not a local one
     old = prefs.server_address
     s = demo_scene.frameprompt
     s.resolution_preset = "MODEL"
@@ -181,6 +183,7 @@ def test_animate_with_the_model_size_preset_and_no_backend_fails_before_exportin
     from frameprompt_blender.blender.properties import set_backend_model_size
 
     prefs = bpy.context.preferences.addons["frameprompt_blender"].preferences
+    prefs.backend_mode = "REMOTE"  # the test's own server, not a local one
     old = prefs.server_address, prefs.connect_timeout
     demo_scene.frameprompt.resolution_preset = "MODEL"
     set_backend_model_size(None)

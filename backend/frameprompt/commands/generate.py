@@ -23,7 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=5.0, help="text guidance scale, used with --prompt")
     parser.add_argument("--prompt", help="optional text prompt (needs a model with a text encoder)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lora", help="LoRA safetensors file from `frameprompt finetune`")
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="FILE[:SCALE]",
+        help="LoRA safetensors file (ours from `frameprompt finetune`, or a Wan LoRA in the diffusers, "
+        "original Wan or kohya format) with its strength (default 1.0); repeat to combine several, e.g. a "
+        "character LoRA and a step-distillation LoRA (then --steps 4 --guidance 1.0)",
+    )
     parser.add_argument("--height", type=int, help="output height, multiple of 16 (default: reference's)")
     parser.add_argument("--width", type=int, help="output width, multiple of 16 (default: reference's)")
     parser.add_argument("--fps", type=int, default=16, help="frame rate of video.mp4 (default 16)")
@@ -45,9 +53,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="spread one job over several GPUs (diffusers' Ulysses context parallelism); launch with "
         "torchrun --nproc-per-node <GPUs> -m frameprompt generate --context-parallel ...",
     )
+    add_speed_memory_arguments(parser)
     parser.add_argument("--device", help="cuda, cuda:1, cpu ... (default: cuda when available)")
     parser.add_argument(
         "--dtype", choices=["bfloat16", "float16", "float32"], help="default: bf16 on CUDA, fp32 on CPU"
+    )
+
+
+def add_speed_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The step-cache and memory flags `generate` and `serve` share (docs/performance.md)."""
+    parser.add_argument(
+        "--cache",
+        metavar="NAME[:VALUE]",
+        help="step cache: first-block[:threshold], mag[:threshold] (needs mag_ratios.json in the model "
+        "folder), taylorseer[:interval] or none (default); skips work on steps that barely change",
+    )
+    parser.add_argument(
+        "--fp8",
+        action="store_true",
+        help="store the transformer's weights in float8 (compute stays bf16/fp32)",
+    )
+    parser.add_argument(
+        "--offload",
+        choices=["model", "group", "sequential"],
+        help="CUDA only: keep weights in CPU memory, moving a component (model), a block (group) or a "
+        "layer (sequential) to the GPU when it runs",
+    )
+    parser.add_argument("--vae-tiling", action="store_true", help="VAE in spatial tiles (large frames)")
+    parser.add_argument("--vae-slicing", action="store_true", help="VAE one sample at a time")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer blocks (slow first generation, faster after)",
+    )
+
+
+def memory_options(args: argparse.Namespace):
+    from frameprompt.inference.memory import MemoryOptions
+
+    return MemoryOptions(
+        fp8=args.fp8,
+        offload=args.offload,
+        vae_tiling=args.vae_tiling,
+        vae_slicing=args.vae_slicing,
+        compile=args.compile,
     )
 
 
@@ -78,6 +127,11 @@ def _generate(args: argparse.Namespace) -> int:
             f"output size {width}x{height} is not a multiple of 16",
             f"pass --width {max(16, round(width / 16) * 16)} --height {max(16, round(height / 16) * 16)}",
         )
+    from frameprompt.inference.step_cache import parse_step_cache
+    from frameprompt.loading import parse_lora_arg
+
+    step_cache = parse_step_cache(args.cache)  # a bad --cache fails before the model loads
+    loras = [parse_lora_arg(item) for item in args.lora]
     poses = load_pose_frames(args.pose, width, height)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     from frameprompt.inference.parallel import init_distributed, launched_world_size
@@ -92,7 +146,11 @@ def _generate(args: argparse.Namespace) -> int:
         )
     started = time.perf_counter()
     pipe = load_pipeline(
-        args.model, device=ranks.device if ranks else args.device, dtype=dtype, lora=args.lora
+        args.model,
+        device=ranks.device if ranks else args.device,
+        dtype=dtype,
+        loras=loras,
+        memory=memory_options(args),
     )
     if ranks is not None:
         from frameprompt.inference.parallel import check_token_split, enable_context_parallel
@@ -118,6 +176,7 @@ def _generate(args: argparse.Namespace) -> int:
         num_inference_steps=args.steps,
         guidance_scale=args.guidance,
         generator=generator,
+        step_cache=step_cache,
     )
     if ranks is not None and not ranks.is_main:
         return 0  # every rank holds the same result; rank 0 writes it

@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--lora-dir", type=Path, default=None, help="folder of LoRAs clients may pick by name"
     )
     parser.add_argument("--steps", type=int, default=None, help="default denoising steps (pipeline runner)")
+    from frameprompt.commands.generate import add_speed_memory_arguments
+
+    add_speed_memory_arguments(parser)  # --cache is the default of jobs that do not choose one
     parser.add_argument(
         "--keep-days", type=float, default=7.0, help="delete finished jobs older than this at start"
     )
@@ -93,7 +96,60 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-fsync", action="store_true", help="skip fsync of job files (faster, less durable)"
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="free the model's memory after S seconds without a job; the next job loads it again",
+    )
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="stop when process PID exits (a server started by Blender leaves no orphan holding the "
+        "port or the GPU)",
+    )
     parser.add_argument("--log-level", default="INFO")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (signal 0 on POSIX; on Windows os.kill would terminate it)."""
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x00100000, False, pid)  # SYNCHRONIZE
+        if not handle:
+            return False
+        try:
+            return kernel32.WaitForSingleObject(handle, 0) == 0x102  # WAIT_TIMEOUT: still running
+        finally:
+            kernel32.CloseHandle(handle)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
+
+
+def watch_parent(pid: int, stop: threading.Event, interval: float = 0.5) -> threading.Thread:
+    """A daemon thread that sets `stop` once process `pid` is gone, or once this process was re-parented
+    (its parent died and the pid may be reused)."""
+    started_by_it = os.name != "nt" and os.getppid() == pid
+
+    def watch() -> None:
+        while not stop.wait(interval):
+            if not process_alive(pid) or (started_by_it and os.getppid() != pid):
+                print(f"frameprompt: parent process {pid} is gone; stopping", file=sys.stderr, flush=True)
+                stop.set()
+
+    thread = threading.Thread(target=watch, name="frameprompt-parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def _runner_options(items: list[str]) -> dict[str, Any]:
@@ -107,6 +163,21 @@ def _runner_options(items: list[str]) -> dict[str, Any]:
         except ValueError:
             out[key] = value
     return out
+
+
+def _speed_memory_options(args: argparse.Namespace, options: dict[str, Any]) -> None:
+    """--cache and the memory flags as PipelineRunner options (a bad --cache fails here, at start)."""
+    from frameprompt.inference.step_cache import parse_step_cache
+
+    if args.cache is not None:
+        options.setdefault("step_cache", str(parse_step_cache(args.cache) or "none"))
+    for flag in ("fp8", "vae_tiling", "vae_slicing", "compile"):
+        if getattr(args, flag):
+            options.setdefault(flag, True)
+    if args.offload:
+        options.setdefault("offload", args.offload)
+    if args.lora_dir is not None:  # jobs name several LoRAs from it (params.loras)
+        options.setdefault("lora_dir", str(args.lora_dir))
 
 
 def _default_devices(runner: str) -> list[str]:
@@ -134,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
             options.setdefault("window_frames", args.window_frames)
         if args.runner == "pipeline" and args.overlap is not None:
             options.setdefault("overlap_frames", args.overlap)
+        if args.runner == "pipeline":
+            _speed_memory_options(args, options)
         factory = resolve_runner_factory(args.runner, args.model, **options)
         devices = (
             [d.strip() for d in args.devices.split(",") if d.strip()]
@@ -160,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
             fsync=not args.no_fsync,
             window_frames=args.window_frames,
             long_animation=args.runner == "pipeline",
+            idle_release_s=args.idle_timeout if args.idle_timeout and args.idle_timeout > 0 else None,
         )
         server = Server(config, factory)
         server.start()
@@ -168,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid, stop)
     try:
         print(
             f"frameprompt: listening on {server.address} (jobs in {config.jobs_dir}); loading the model on "
@@ -175,7 +251,13 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
         try:
-            server.wait_ready()
+            while not server.ready and not stop.is_set():  # a parent gone while loading: stop now
+                try:
+                    server.wait_ready(0.5)
+                except TimeoutError:
+                    continue
+            if stop.is_set():
+                return 0
         except Exception as exc:  # noqa: BLE001 - FramePromptError says what to do; others at least say what
             print(f"frameprompt serve: the model did not load: {exc}", file=sys.stderr)
             return 1

@@ -51,6 +51,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a long job is fine as long as the server answers its heartbeats",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--previews",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="save the live previews the server sends: DIR/step_0004/0000.png ... (one folder per preview)",
+    )
+    parser.add_argument(
+        "--preview-mode",
+        choices=("fast", "vae"),
+        default="fast",
+        help="with --previews: fast latent-to-RGB projection (default) or an accurate VAE decode",
+    )
 
 
 def read_pose_folder(path: Path) -> tuple[list[bytes], str, list[str]]:
@@ -129,10 +142,16 @@ def _submit(args: argparse.Namespace) -> int:
             raise
         # Raw frames cost the server nothing to encode; older servers only send PNG.
         result_format = "rgb8" if "rgb8" in (info.get("frame_formats") or []) else None
+        preview = {"mode": args.preview_mode} if args.previews is not None else None
         job = client.submit(
-            reference, poses, pose_format=pose_format, params=params, result_format=result_format
+            reference,
+            poses,
+            pose_format=pose_format,
+            params=params,
+            result_format=result_format,
+            preview=preview,
         )
-        result = _follow(job, len(poses), quiet=args.no_progress)
+        result = _follow(job, len(poses), quiet=args.no_progress, previews=args.previews)
 
     frames = _to_images(result)
     from frameprompt.media import write_frames, write_video
@@ -148,8 +167,9 @@ def _submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(job: Any, num_frames: int, quiet: bool) -> P.Result:
-    """Show a progress bar fed by the job's progress events; return its result (or raise its error)."""
+def _follow(job: Any, num_frames: int, quiet: bool, previews: Path | None = None) -> P.Result:
+    """Show a progress bar fed by the job's progress events, save its previews under `previews`; return
+    its result (or raise its error)."""
     from tqdm import tqdm
 
     bar = tqdm(total=0, unit="step", disable=quiet, file=sys.stderr, dynamic_ncols=True)
@@ -175,6 +195,11 @@ def _follow(job: Any, num_frames: int, quiet: bool) -> P.Result:
                     postfix["info"] = str(h["message"])[:40]
                 bar.set_postfix(postfix, refresh=False)
                 bar.refresh()
+            elif event.type == "preview" and previews is not None:
+                folder = previews / f"step_{int(h.get('step') or 0):04d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for i, data in enumerate(event.parts):
+                    (folder / frame_name(i)).write_bytes(data)
             elif event.type == "result":
                 bar.set_description("done")
                 if bar.total:

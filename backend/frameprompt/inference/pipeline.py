@@ -6,12 +6,15 @@ decode:   context + target together, keep the N target frames
 
 Cache mode (`context_cache=`, see `frameprompt.inference.context_cache`): block-causal attention with the
 context at timestep 0, the context's K/V computed once per CFG branch, each step running only the
-target tokens. Any number of frames: `generate_long` (windows, see `frameprompt.inference.windows`).
+target tokens. Step caching (`step_cache=`, see `frameprompt.inference.step_cache`): diffusers' cache
+hooks skip work on steps whose output barely changes; with the context cache they act on the target
+tokens. Any number of frames: `generate_long` (windows, see `frameprompt.inference.windows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,13 @@ from frameprompt.inference.context_cache import (
     extract_context_cache,
     trained_with_context_cache,
 )
+from frameprompt.inference.step_cache import (
+    StepCacheConfig,
+    StepCacheSpec,
+    parse_step_cache,
+    step_cache_config,
+)
+from frameprompt.inference.step_cache import step_cache as step_cache_hooks
 from frameprompt.inference.windows import generate_windows
 from frameprompt.method import SequenceLayout
 from frameprompt.vae_io import decode_target_frames, encode_video
@@ -121,6 +131,8 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         )
         self.video_processor = VideoProcessor(vae_scale_factor=self.vae.config.scale_factor_spatial)
         self.null_prompt_embeds = torch.zeros(1, TEXT_TOKENS, transformer.config.text_dim)
+        # MagCache's per-model magnitude ratios (`step_cache.load_mag_ratios`), set by the loader
+        self.mag_ratios: list[float] | None = None
         self._interrupt = False
 
     # --- persistence: the null text embedding travels with the pipeline --------------------------
@@ -213,6 +225,7 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         latent_zero_condition: bool = False,
         context_cache: bool | None = None,
         allow_approximate: bool = False,
+        step_cache: StepCacheSpec | StepCacheConfig | str | None = None,
         given_frames: list[PIL.Image.Image] | list[np.ndarray] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -237,6 +250,10 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 (`context_cache.trained_with_context_cache`). False on such a model still runs it
                 block-causal, without the cache. True on a model trained without it raises unless
                 `allow_approximate=True`, which runs it and sets `output.approximate`.
+            step_cache: skip work on steps whose output barely changes with one of diffusers' cache
+                hooks, `"first-block[:threshold]"`, `"mag[:threshold]"` (needs `self.mag_ratios`) or
+                `"taylorseer[:interval]"` (`frameprompt.inference.step_cache`), or one of those diffusers
+                configs itself; None: every step in full.
             given_frames: continue a previous window: the first len(given_frames) target frames are
                 given (mask 1, part of the context) instead of generated; a multiple of T below N.
                 The output still has N frames, the given ones passed through the VAE.
@@ -262,6 +279,7 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
         block_causal, use_cache, approximate = self._cache_mode(context_cache, allow_approximate)
         device = self._execution_device
         dtype = self.transformer.dtype
+        step_config = self._step_cache_config(step_cache, num_inference_steps, dtype)
 
         # 1. text and image conditioning
         use_text = prompt is not None or prompt_embeds is not None
@@ -306,6 +324,11 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
 
             def predict(latents: torch.Tensor, t: torch.Tensor, branch: str) -> torch.Tensor:
                 """The velocity of the target latents."""
+                # each CFG branch keeps its own step-cache state
+                with self.transformer.cache_context(branch) if step_config else nullcontext():
+                    return predict_branch(latents, t, branch)
+
+            def predict_branch(latents: torch.Tensor, t: torch.Tensor, branch: str) -> torch.Tensor:
                 if use_cache:
                     x = method.model_input(latents, mask[:, :, lc:], condition[:, :, lc:])
                     return cached_forward(self.transformer, x, t.to(device), caches[branch])
@@ -313,7 +336,11 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 timestep = method.timestep_for(t.to(device), layout, batch_size=1, per_token=block_causal)
                 return self._predict(x, timestep, branches[branch], clip)[:, :, lc:]
 
-            with self.progress_bar(total=len(timesteps)) as progress:
+            # installed after the context extraction above, which must run every block
+            with (
+                step_cache_hooks(self.transformer, step_config),
+                self.progress_bar(total=len(timesteps)) as progress,
+            ):
                 for i, t in enumerate(timesteps):
                     velocity = predict(latents, t, "cond")
                     if do_cfg:
@@ -368,6 +395,16 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
             frames = [self.video_processor.numpy_to_pil(video[0])]
         return FramePromptPipelineOutput(frames=frames, approximate=approximate)
 
+    def _step_cache_config(
+        self, step_cache: StepCacheSpec | StepCacheConfig | str | None, steps: int, dtype: torch.dtype
+    ) -> StepCacheConfig | None:
+        if isinstance(step_cache, StepCacheConfig):
+            return step_cache
+        spec = parse_step_cache(step_cache)
+        if spec is None:
+            return None
+        return step_cache_config(spec, steps, mag_ratios=self.mag_ratios, dtype=dtype)
+
     def _cache_mode(self, context_cache: bool | None, allow_approximate: bool) -> tuple[bool, bool, bool]:
         """(block-causal attention, K/V cache, approximate) for this model and request."""
         trained = trained_with_context_cache(self.transformer)
@@ -379,6 +416,14 @@ class FramePromptPipeline(DiffusionPipeline, WanLoraLoaderMixin):
                 "would only approximate it",
                 "drop context_cache / --context-cache, use a model fine-tuned with --context-cache, or "
                 "pass allow_approximate=True to run it anyway (the output is labelled approximate)",
+            )
+        # model offload moves the transformer in a hook on its forward, which the cached path
+        # (`cached_forward`, block by block) never calls
+        if use_cache and type(getattr(self.transformer, "_hf_hook", None)).__name__ == "CpuOffload":
+            raise InputError(
+                "--offload model does not combine with the context cache: the cached steps run the "
+                "transformer block by block, past the hook that moves it to the GPU",
+                "use --offload group (block by block) or --offload sequential, or drop --offload",
             )
         return trained or use_cache, use_cache, use_cache and not trained
 

@@ -31,7 +31,7 @@ from frameprompt.server.security import (
     start_authenticator,
 )
 from frameprompt.server.store import JobRecord, JobStore
-from frameprompt.server.worker import JobControl, RunnerFactory, Worker, describe
+from frameprompt.server.worker import JobControl, RunnerFactory, Worker
 from frameprompt_blender.wire import protocol as P
 
 log = logging.getLogger("frameprompt.server")
@@ -54,6 +54,8 @@ class ServerConfig:
     window_frames: int | None = None
     long_animation: bool = False
     stop_grace_s: float = 10.0
+    # Free the model after this many seconds without a job (None: keep it); the next job loads it again.
+    idle_release_s: float | None = None
 
 
 class ServerError(RuntimeError):
@@ -121,6 +123,7 @@ class Server:
                 self.limits,
                 self.lora_paths,
                 self._workers_stop,
+                cfg.idle_release_s,
             )
             w.start()
             self.workers.append(w)
@@ -195,8 +198,8 @@ class Server:
 
     def _runner_caps(self) -> dict[str, Any]:
         for w in self.workers:
-            if w.runner is not None:
-                return describe(w.runner)
+            if w.caps:
+                return dict(w.caps)
         return {}
 
     def model_size(self, caps: dict[str, Any] | None = None) -> P.ModelSize | None:
@@ -228,6 +231,9 @@ class Server:
             "frame_formats": list(P.FRAME_FORMATS),
             "model": caps.pop("model", None),
             "ready": self.ready,
+            # revision 4: false once `release` or the idle timeout freed the model (the next job loads it)
+            "model_loaded": bool(self.workers) and all(w.model_loaded for w in self.workers),
+            "idle_release_s": self.config.idle_release_s,
             "devices": list(self.config.devices),
             "loras": sorted(self.lora_paths()),
             "max_frames": lim.max_frames,
@@ -343,6 +349,13 @@ class Server:
     # ------------------------------------------------------------------------------------- handlers
     def _on_hello(self, identity: bytes, msg: P.Message) -> None:
         self._reply(identity, msg, "hello", self.capabilities())
+
+    def _on_release(self, identity: bytes, msg: P.Message) -> None:
+        for w in self.workers:
+            w.request_release()
+        busy = sum(1 for w in self.workers if w.current is not None)
+        self._reply(identity, msg, "released", {"workers": len(self.workers), "after_running_jobs": busy})
+        log.info("model release requested (%d worker(s) busy finish their job first)", busy)
 
     def _on_heartbeat(self, identity: bytes, msg: P.Message) -> None:
         states = {}
@@ -483,6 +496,8 @@ class Server:
             if kind_b == b"progress":
                 with contextlib.suppress(P.ProtocolError):
                     self._last_progress[job_id] = P.decode_header(frames[0].bytes)
+                self._publish(job_id, frames)
+            elif kind_b == b"preview":
                 self._publish(job_id, frames)
             elif kind_b == b"final":
                 self._finish(job_id, frames)

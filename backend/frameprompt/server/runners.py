@@ -82,7 +82,12 @@ def model_size_of(
 
 
 class PipelineRunner:
-    """The real model on one device. LoRAs are attached on first use and switched per job."""
+    """The real model on one device. LoRAs are attached on first use and switched per job.
+
+    `step_cache` is the `--cache` of jobs that do not choose one (`params.cache`); `fp8`, `offload`,
+    `vae_tiling`, `vae_slicing` and `compile` are `frameprompt.inference.memory.MemoryOptions`;
+    `lora_dir` is where a job's `params.loras` names are looked up.
+    """
 
     def __init__(
         self,
@@ -94,7 +99,16 @@ class PipelineRunner:
         default_guidance: float | None = None,
         window_frames: int = DEFAULT_WINDOW_FRAMES,
         overlap_frames: int = DEFAULT_OVERLAP_FRAMES,
+        step_cache: str | None = None,
+        fp8: bool = False,
+        offload: str | None = None,
+        vae_tiling: bool = False,
+        vae_slicing: bool = False,
+        compile: bool = False,
+        lora_dir: str | os.PathLike | None = None,
     ) -> None:
+        from frameprompt.inference.memory import MemoryOptions
+        from frameprompt.inference.step_cache import parse_step_cache
         from frameprompt.inference.windows import fit_overlap_frames, fit_window_frames
         from frameprompt.loading import load_pipeline
         from frameprompt.method import SequenceLayout
@@ -103,7 +117,12 @@ class PipelineRunner:
         self.device = device
         self.default_steps = default_steps
         self.default_guidance = default_guidance
-        self.pipe = load_pipeline(model_path, device=device, dtype=dtype)
+        self.step_cache = parse_step_cache(step_cache)
+        self.lora_dir = lora_dir
+        memory = MemoryOptions(
+            fp8=fp8, offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, compile=compile
+        )
+        self.pipe = load_pipeline(model_path, device=device, dtype=dtype, memory=memory)
         # the longest window the model's position table takes, not more than asked (long jobs run in
         # windows of this length); the overlap stays below it
         vae, transformer = self.pipe.vae, self.pipe.transformer
@@ -119,7 +138,8 @@ class PipelineRunner:
             self.pipe.vae, self.pipe.transformer, native_size_of(model_path), self.window_frames
         )
         self._adapters: dict[str, str] = {}  # lora path -> adapter name
-        self._active: str | None = None
+        self._active: tuple[tuple[str, float], ...] = ()
+        self._previewer: Any = None
 
     def capabilities(self) -> dict[str, Any]:
         name = Path(self.model_path).name if self.model_path else "embedded-default"
@@ -135,26 +155,49 @@ class PipelineRunner:
             "model_size": size,  # the server clamps it to its limits (hello `model_size`)
         }
 
-    def _use_lora(self, path: str | None, scale: float, ctx: RunContext) -> None:
-        if path is None:
-            if self._active is not None:
-                self.pipe.disable_lora()
-                self._active = None
-            return
-        if path not in self._adapters:
-            from frameprompt.loading import load_lora
+    def _job_loras(self, job: JobSpec) -> list[tuple[str, float]]:
+        """(path, scale) of each LoRA the job asks for: `params.loras` (names in `lora_dir`) or the
+        single `lora` the worker resolved."""
+        p = job.params
+        if p.loras:
+            from frameprompt_blender.wire.protocol import ProtocolError
 
-            ctx.progress("loading", message=f"loading LoRA {Path(path).name}")
-            self._adapters[path] = load_lora(self.pipe, path, scale=scale)
+            files = lora_files(self.lora_dir)
+            missing = [item["name"] for item in p.loras if item["name"] not in files]
+            if missing:
+                raise ProtocolError(
+                    "unknown_lora",
+                    f"the server has no LoRA named {missing[0]!r}",
+                    "available: " + (", ".join(sorted(files)) or "none"),
+                )
+            return [(files[item["name"]], float(item.get("scale", 1.0))) for item in p.loras]
+        if job.lora_path is None:
+            return []
+        return [(job.lora_path, p.lora_scale if p.lora_scale is not None else 1.0)]
+
+    def _use_loras(self, loras: list[tuple[str, float]], ctx: RunContext) -> None:
+        if not loras:
+            if self._active:
+                self.pipe.disable_lora()
+                self._active = ()
+            return
+        from frameprompt.loading import attach_lora
+
+        for path, _ in loras:
+            if path not in self._adapters:
+                ctx.progress("loading", message=f"loading LoRA {Path(path).name}")
+                self._adapters[path] = attach_lora(self.pipe, path)
         self.pipe.enable_lora()
-        self.pipe.set_adapters([self._adapters[path]], [scale])
-        self._active = path
+        # adapters not named here get weight 0 by being left out of the active set
+        self.pipe.set_adapters([self._adapters[path] for path, _ in loras], [scale for _, scale in loras])
+        self._active = tuple(loras)
 
     def __call__(self, job: JobSpec, ctx: RunContext) -> Sequence[Any]:
         import torch
 
+        started = time.monotonic()  # previews are budgeted against the job's time from here
         p = job.params
-        self._use_lora(job.lora_path, p.lora_scale if p.lora_scale is not None else 1.0, ctx)
+        self._use_loras(self._job_loras(job), ctx)
         from frameprompt.inference.windows import plan_windows
         from frameprompt.method import SequenceLayout
 
@@ -164,6 +207,11 @@ class PipelineRunner:
         windows = len(plan_windows(len(job.poses), self.window_frames, self.overlap_frames, multiple))
         total = steps * windows  # progress counts the steps of every window
         done = 0
+        if ctx.preview_mode != "off" and self._previewer is None:
+            from frameprompt.server.previews import LatentPreviewer
+
+            self._previewer = LatentPreviewer()
+        previewer = self._previewer
 
         def on_step_end(pipe: Any, i: int, t: Any, kwargs: dict) -> dict:
             nonlocal done
@@ -172,6 +220,8 @@ class PipelineRunner:
                 return kwargs
             done += 1
             ctx.progress("denoising", done, total)
+            if previewer is not None:
+                previewer.offer(ctx, pipe, kwargs["latents"], done, total, started)
             if i + 1 == steps:
                 ctx.progress("decoding")
             return kwargs
@@ -184,6 +234,7 @@ class PipelineRunner:
             generator=generator,
             callback_on_step_end=on_step_end,
             output_type="pil",
+            step_cache=self.step_cache if p.cache is None else p.cache,
         )
         if p.width and p.height:
             call.update(width=p.width, height=p.height)
@@ -202,6 +253,22 @@ class PipelineRunner:
         return out.frames[0]
 
 
+def lora_files(directory: str | os.PathLike | None) -> dict[str, str]:
+    """The LoRAs a server offers: name -> path, for each `NAME.safetensors` file and each folder
+    holding one in `directory` (the names jobs use)."""
+    if directory is None:
+        return {}
+    out = {}
+    try:
+        for path in sorted(Path(directory).iterdir()):
+            name = path.stem if path.suffix == ".safetensors" else path.name
+            if path.suffix == ".safetensors" or (path.is_dir() and any(path.glob("*.safetensors"))):
+                out[name] = str(path)
+    except OSError:
+        log.warning("cannot read the LoRA folder %s", directory)
+    return out
+
+
 class EchoRunner:
     """A stand-in model: `steps` fake denoising steps of `step_delay` seconds, then each skeleton blended
     50/50 with the reference. Deterministic; needs only Pillow."""
@@ -218,13 +285,25 @@ class EchoRunner:
         from PIL import Image
 
         steps = job.params.steps or self.steps
+        size = (job.params.width or job.reference.width, job.params.height or job.reference.height)
+        ref = job.reference.resize(size)
+
+        def preview(step: int) -> Any:
+            def make(mode: str, side: int) -> list[Any]:
+                # the skeleton fading into the result: something to look at that changes with the steps
+                small = [Image.blend(pose.resize(size), ref, 0.5 * step / steps) for pose in job.poses]
+                for im in small:
+                    im.thumbnail((side, side))
+                return small
+
+            return make
+
         for i in range(steps):
             ctx.check_cancelled()
             if self.step_delay:
                 time.sleep(self.step_delay)
             ctx.progress("denoising", i + 1, steps)
-        size = (job.params.width or job.reference.width, job.params.height or job.reference.height)
-        ref = job.reference.resize(size)
+            ctx.maybe_preview(i + 1, steps, preview(i + 1))
         return [Image.blend(ref, pose.resize(size), 0.5) for pose in job.poses]
 
 

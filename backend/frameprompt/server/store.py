@@ -116,6 +116,8 @@ class JobStore:
             }
             if submit.result_format != "png":
                 request["result_format"] = submit.result_format
+            if submit.preview is not None:
+                request["preview"] = submit.preview
             # one uncompressed archive instead of a file per frame: an 81-frame job was 83 file creations
             # and fsyncs on the submit path; the archive is one sequential write and one fsync
             with open(tmp / JOB_ARCHIVE, "wb") as handle:

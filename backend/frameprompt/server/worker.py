@@ -37,6 +37,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("frameprompt.server")
 
+# Previews may take at most this share of a job's time so far: a preview that would exceed it is skipped,
+# which keeps the cost of previews under 5% whatever a step and a preview cost on this machine.
+PREVIEW_BUDGET = 0.03
+
 OOM_HINT = (
     "the GPU ran out of memory: animate fewer frames per job, lower the resolution, "
     "or enable VAE tiling; the server has freed the memory and keeps serving"
@@ -87,6 +91,7 @@ class JobSpec:
     lora_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     result_format: str = "png"
+    preview: dict[str, Any] | None = None
 
     @property
     def reference(self) -> Image.Image:
@@ -111,10 +116,18 @@ RunnerFactory = Callable[[str], Runner]
 
 
 class RunContext:
-    """Handed to a runner with each job: report progress, and poll for cancellation at every step."""
+    """Handed to a runner with each job: report progress, send previews, and poll for cancellation at
+    every step."""
 
     def __init__(
-        self, job_id: str, device: str, cancel: threading.Event, emit: Callable[[list[bytes]], None]
+        self,
+        job_id: str,
+        device: str,
+        cancel: threading.Event,
+        emit: Callable[[list[bytes]], None],
+        *,
+        preview: dict[str, Any] | None = None,
+        emit_preview: Callable[[list[bytes]], None] | None = None,
     ):
         self.job_id = job_id
         self.device = device
@@ -122,6 +135,46 @@ class RunContext:
         self._emit = emit
         self._phase = ""
         self._phase_start = time.monotonic()
+        self.preview = preview if emit_preview is not None else None
+        self._emit_preview = emit_preview
+        self._started = time.monotonic()
+        self.preview_seconds = 0.0
+        self.previews_sent = 0
+        self.previews_skipped = 0
+
+    @property
+    def preview_mode(self) -> str:
+        """'off', 'fast' or 'vae' (protocol.PREVIEW_MODES): what the client asked for."""
+        return str(self.preview["mode"]) if self.preview else "off"
+
+    def maybe_preview(self, step: int, total: int, make: Callable[[str, int], Sequence[Any]]) -> bool:
+        """Send a preview after `step` of `total` when one is due: every `every` steps and within
+        PREVIEW_BUDGET of the job's time so far. `make(mode, max_side)` returns the frames (PIL images or
+        (H, W, 3) uint8 arrays, at most max_side pixels a side) and is only called when a preview is sent.
+        A failing preview is logged and never fails the job. True when one was sent."""
+        if not self.preview or self._emit_preview is None:
+            return False
+        every = int(self.preview.get("every", 1))
+        if step % every and step != total:
+            return False
+        now = time.monotonic()
+        if self.preview_seconds > PREVIEW_BUDGET * (now - self._started):
+            self.previews_skipped += 1
+            return False
+        try:
+            frames = make(self.preview_mode, int(self.preview.get("max_side", 128)))
+            parts = [_preview_png(f) for f in frames]
+            self._emit_preview(P.build_preview(self.job_id, step, total, self.preview_mode, parts))
+        except JobCancelled:
+            raise
+        except Exception:  # noqa: BLE001 - a preview is a courtesy; the job goes on without it
+            log.exception("job %s: the preview after step %d failed", self.job_id, step)
+            self.preview = None
+            return False
+        finally:
+            self.preview_seconds += time.monotonic() - now
+        self.previews_sent += 1
+        return True
 
     @property
     def cancelled(self) -> bool:
@@ -159,6 +212,17 @@ class JobControl:
     def discard(self, job_id: str) -> None:
         with self._lock:
             self._flags.pop(job_id, None)
+
+
+def _preview_png(frame: Any) -> bytes:
+    """A small preview frame as PNG (fastest compression: it is sent once and thrown away)."""
+    import numpy as np
+    from PIL import Image
+
+    im = Image.fromarray(frame) if isinstance(frame, np.ndarray) else frame
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -271,7 +335,9 @@ def encode_frames(images: Sequence[Any], frame_format: str, limits: P.Limits) ->
 
 
 class Worker(threading.Thread):
-    """One device: loads its runner once, then runs queued jobs one at a time until stopped."""
+    """One device: loads its runner, then runs queued jobs one at a time until stopped. The model is
+    released on request (`request_release`) or after `idle_release_s` without a job, so another program
+    gets the memory back, and loaded again when the next job starts."""
 
     def __init__(
         self,
@@ -286,6 +352,7 @@ class Worker(threading.Thread):
         limits: P.Limits,
         lora_paths: Callable[[], dict[str, str]],
         stop: threading.Event,
+        idle_release_s: float | None = None,
     ) -> None:
         super().__init__(name=f"frameprompt-worker-{index}-{device}", daemon=True)
         self.device = device
@@ -301,6 +368,10 @@ class Worker(threading.Thread):
         self.ready = threading.Event()
         self.load_error: BaseException | None = None
         self.runner: Runner | None = None
+        # the loaded model's capabilities, kept for hello while the model is released
+        self.caps: dict[str, Any] = {}
+        self.idle_release_s = idle_release_s
+        self._release = threading.Event()
         self.current: str | None = None
         self._sock: zmq.Socket | None = None
         self._lock = threading.Lock()
@@ -323,7 +394,7 @@ class Worker(threading.Thread):
         self._storer = ThreadPoolExecutor(1, f"{self.name}-store", initializer=_lower_thread_priority)
         try:
             try:
-                self.runner = self.factory(self.device)
+                self._load()
             except BaseException as exc:  # noqa: BLE001 - reported to the server, which fails to start
                 self.load_error = exc
                 log.error("worker %s: could not load the model: %s", self.device, exc)
@@ -331,26 +402,57 @@ class Worker(threading.Thread):
             finally:
                 self.ready.set()
             log.info("worker %s ready", self.device)
+            idle_since = time.monotonic()
             while not self.stop_event.is_set():
                 job_id = self.queue.get(timeout=0.25)
                 if job_id is None:
+                    idle = time.monotonic() - idle_since
+                    if self.runner is not None and (
+                        self._release.is_set() or (self.idle_release_s and idle >= self.idle_release_s)
+                    ):
+                        self._unload("on request" if self._release.is_set() else f"idle for {idle:.0f} s")
+                    self._release.clear()
                     continue
+                self._release.clear()
                 self.current = job_id
                 try:
                     self._run_job(job_id)
                 finally:
                     self.current = None
                     self.control.discard(job_id)
+                    idle_since = time.monotonic()
         finally:
             self._storer.shutdown()
-            close = getattr(self.runner, "close", None)
-            if callable(close):
-                try:
-                    close()
-                except Exception:  # noqa: BLE001
-                    log.exception("worker %s: runner.close() failed", self.device)
+            self._unload("")
             with self._lock:
                 self._sock.close()
+
+    @property
+    def model_loaded(self) -> bool:
+        return self.runner is not None
+
+    def request_release(self) -> None:
+        """Free the model once the running job (if any) is done; the next job loads it again."""
+        self._release.set()
+
+    def _load(self) -> None:
+        self.runner = self.factory(self.device)
+        self.caps = describe(self.runner)
+
+    def _unload(self, why: str) -> None:
+        runner, self.runner = self.runner, None
+        if runner is None:
+            return
+        close = getattr(runner, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                log.exception("worker %s: runner.close() failed", self.device)
+        del runner, close
+        free_memory()
+        if why:
+            log.info("worker %s: model released (%s)", self.device, why)
 
     def _fail(self, job_id: str, state: str, code: str, message: str, hint: str | None = None) -> None:
         err = P.ProtocolError(code, message, hint)
@@ -380,10 +482,22 @@ class Worker(threading.Thread):
 
     def _run_job(self, job_id: str) -> None:
         cancel = self.control.flag(job_id)
-        ctx = RunContext(job_id, self.device, cancel, lambda frames: self._send(b"progress", job_id, frames))
+        rec = self.store.get(job_id)
+        preview = P.check_preview(rec.request.get("preview")) if rec is not None else None
+        ctx = RunContext(
+            job_id,
+            self.device,
+            cancel,
+            lambda frames: self._send(b"progress", job_id, frames),
+            preview=preview,
+            emit_preview=lambda frames: self._send(b"preview", job_id, frames),
+        )
         started = time.monotonic()
         try:
             spec = self._begin_job(job_id, ctx)
+            if self.runner is None:  # released (on request or idle): load it again for this job
+                ctx.progress("loading", message="loading the model")
+                self._load()
             images, model_s = self._run_model(spec, ctx)
             self._deliver(spec, ctx, images, model_s, started)
         except JobCancelled:
@@ -538,7 +652,15 @@ class Worker(threading.Thread):
         if fmt not in P.FRAME_FORMATS:
             fmt = "png"
         return JobSpec(
-            job_id, reference, LazyImages(len(poses), decode_pose), params, self.device, lora_path, {}, fmt
+            job_id,
+            reference,
+            LazyImages(len(poses), decode_pose),
+            params,
+            self.device,
+            lora_path,
+            {},
+            fmt,
+            P.check_preview(rec.request.get("preview")),
         )
 
 

@@ -1,7 +1,8 @@
 """LoRA adapters on the Wan transformer, as in the paper: q, k, v, o and both FFN linears.
 
-Files are written in diffusers' format (`transformer.`-prefixed keys), so `load_lora_weights` of
-diffusers' Wan pipelines, `frameprompt generate --lora` and `frameprompt serve` all load them.
+Files are written in diffusers' format (`transformer.`-prefixed keys, the adapter config in the
+safetensors metadata), so `load_lora_weights` of diffusers' Wan pipelines, `frameprompt generate
+--lora` and `frameprompt serve` all load them, also together with other LoRAs (`loading.load_loras`).
 """
 
 from __future__ import annotations
@@ -32,5 +33,12 @@ def save_lora(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = get_peft_model_state_dict(transformer, adapter_name=name)
-    WanImageToVideoPipeline.save_lora_weights(directory, transformer_lora_layers=state, weight_name=LORA_FILE)
+    # The adapter's config (rank, alpha, targets) goes into the file's metadata: without it diffusers'
+    # loader assumes alpha == rank and a LoRA trained with another alpha loads at the wrong strength.
+    WanImageToVideoPipeline.save_lora_weights(
+        directory,
+        transformer_lora_layers=state,
+        transformer_lora_adapter_metadata=transformer.peft_config[name].to_dict(),
+        weight_name=LORA_FILE,
+    )
     return directory / LORA_FILE
