@@ -49,6 +49,8 @@ class JobSpec:
     steps: int = 20
     guidance: float = 5.0
     lora: str = ""
+    lora_scale: float = 1.0
+    step_cache: str = ""  # "" = the server's default; else "none" or a protocol.STEP_CACHES name
     # The keypoints of the scene's own render (resolution x percentage, pixel aspect), so the skeleton
     # lines up with what the user's camera renders; width x height is that size and need not be a
     # multiple of 16 (an export for other tools; a model needs multiples of 16).
@@ -73,6 +75,10 @@ class JobSpec:
             p["prompt"] = self.prompt
         if self.lora and self.lora != "NONE":
             p["lora"] = self.lora
+            if self.lora_scale != 1.0:
+                p["lora_scale"] = float(self.lora_scale)
+        if self.step_cache:
+            p["cache"] = self.step_cache
         return {k: v for k, v in p.items() if v is not None}
 
 
@@ -245,4 +251,6 @@ def spec_from_scene(context: Any, scene: Any = None) -> JobSpec:
         steps=int(s.steps),
         guidance=float(s.guidance),
         lora=s.lora if s.lora != "NONE" else "",
+        lora_scale=float(s.lora_scale),
+        step_cache="" if s.step_cache == "SERVER" else s.step_cache,
     )

@@ -138,7 +138,10 @@ def _draw_generation(layout: Any, settings: Any) -> None:
     col.prop(settings, "seed")
     col.prop(settings, "steps")
     col.prop(settings, "guidance")
+    col.prop(settings, "step_cache")
     col.prop(settings, "lora")
+    if settings.lora != "NONE":
+        col.prop(settings, "lora_scale")
 
 
 def _draw_backend(layout: Any, context: Any) -> None:

@@ -186,6 +186,33 @@ class FRAMEPROMPT_SceneSettings(bpy.types.PropertyGroup):
     lora: EnumProperty(  # type: ignore[valid-type]
         name="LoRA", description="LoRA adapter served by the backend", items=_lora_items
     )
+    lora_scale: FloatProperty(  # type: ignore[valid-type]
+        name="Strength",
+        description="How strongly the LoRA acts (1 = as trained)",
+        default=1.0,
+        min=-10.0,
+        max=10.0,
+    )
+    step_cache: EnumProperty(  # type: ignore[valid-type]
+        name="Step cache",
+        description="Skip work on denoising steps whose output barely changes (faster, slightly different)",
+        items=[
+            ("SERVER", "Server default", "Whatever the backend was started with (frameprompt serve --cache)"),
+            ("none", "Off", "Run every step in full"),
+            (
+                "first-block",
+                "First-Block Cache",
+                "Skip the rest of a step when its first block barely changes",
+            ),
+            (
+                "mag",
+                "MagCache",
+                "Skip steps by the model's measured output magnitudes (frameprompt calibrate)",
+            ),
+            ("taylorseer", "TaylorSeer", "Extrapolate block outputs between fully computed steps"),
+        ],
+        default="SERVER",
+    )
     # Last result (saved with the file so the button works after a reload).
     last_job_id: StringProperty(name="Last job", default="")  # type: ignore[valid-type]
     last_result_dir: StringProperty(name="Last result", subtype="DIR_PATH", default="")  # type: ignore[valid-type]

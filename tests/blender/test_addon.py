@@ -133,6 +133,7 @@ def test_panel_draws_all_fields_and_buttons(empty_scene):
         "seed",
         "steps",
         "guidance",
+        "step_cache",
         "lora",
     ):
         assert p in props, p
@@ -145,6 +146,26 @@ def test_panel_draws_all_fields_and_buttons(empty_scene):
     ):
         assert op in ops, op
     assert "frameprompt.cancel" not in ops  # only while a job runs
+
+
+def test_step_cache_and_lora_strength_reach_the_job_parameters(empty_scene):
+    from frameprompt_blender.blender.properties import set_backend_loras
+    from frameprompt_blender.wire.protocol import parse_params
+
+    s = bpy.context.scene.frameprompt
+    params = spec_from_scene(bpy.context).params()
+    assert "cache" not in params and "lora" not in params  # the server's defaults
+    set_backend_loras(["hero"])
+    try:
+        s.step_cache, s.lora, s.lora_scale = "first-block", "hero", 0.5
+        params = spec_from_scene(bpy.context).params()
+        assert (params["cache"], params["lora"], params["lora_scale"]) == ("first-block", "hero", 0.5)
+        assert "lora_scale" in _drawn_props(_draw_panel())
+        checked = parse_params(params)  # the server's own validation accepts them
+        assert (checked.cache, checked.lora_scale) == ("first-block", 0.5)
+    finally:
+        s.lora = "NONE"
+        set_backend_loras([])
 
 
 def test_panel_shows_progress_and_cancel_while_a_job_runs(empty_scene):
