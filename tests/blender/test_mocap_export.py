@@ -18,6 +18,7 @@ import pytest
 bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
 
 from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
+from bvh_clips import joint_names, write_bvh  # noqa: E402
 from mathutils import Vector  # noqa: E402
 
 from frameprompt_blender.blender import skeleton as S  # noqa: E402
@@ -30,25 +31,6 @@ from frameprompt_blender.core.openpose_json import read_pose_folder  # noqa: E40
 pytestmark = pytest.mark.blender
 REPO = Path(__file__).resolve().parents[2]
 
-# A motion-capture skeleton in BVH terms (Y up, the character facing +Z, its left at +X; centimetres):
-# (joint, offset from the parent, children, end site). Classic names; the other namings rename it.
-_ARM = ("LeftCollar", (3, 20, 0), [("LeftShoulder", (14, 0, 0), [("LeftElbow", (28, 0, 0), [
-    ("LeftWrist", (26, 0, 0), [], (16, 0, 0))], None)], None)], None)  # fmt: skip
-_LEG = ("LeftHip", (10, -5, 0), [("LeftKnee", (0, -43, 0), [("LeftAnkle", (0, -42, 0), [], (0, -6, 14))], None)],
-        None)  # fmt: skip
-
-
-def _mirror(node):
-    name, off, kids, end = node
-    return (name.replace("Left", "Right"), (-off[0], off[1], off[2]), [_mirror(k) for k in kids],
-            None if end is None else (-end[0], end[1], end[2]))  # fmt: skip
-
-
-SKELETON = ("Hips", (0, 0, 0), [
-    ("Chest", (0, 25, 0), [("Neck", (0, 25, 0), [("Head", (0, 10, 0), [], (0, 18, 0))], None),
-                           _ARM, _mirror(_ARM)], None),
-    _LEG, _mirror(_LEG)], None)  # fmt: skip
-
 # classic -> Mixamo: the collar is Mixamo's Shoulder, the shoulder its Arm
 MIXAMO = {"Collar": "Shoulder", "Shoulder": "Arm", "Elbow": "ForeArm", "Wrist": "Hand", "Hip": "UpLeg", "Knee": "Leg",
           "Ankle": "Foot", "Chest": "Spine"}  # fmt: skip
@@ -58,17 +40,9 @@ JOINT_OF = {f"{s}{p}": f"{side}{p}" for s, side in (("R", "Right"), ("L", "Left"
 FRAMES = 5
 
 
-def _joints(node, out=None):
-    out = [] if out is None else out
-    out.append(node[0])
-    for k in node[2]:
-        _joints(k, out)
-    return out
-
-
 def naming(style: str) -> dict[str, str]:
     """classic joint name -> the name in the file."""
-    names = _joints(SKELETON)
+    names = joint_names()
     if style == "classic":
         return {n: n for n in names}
     if style == "mixamo":
@@ -87,38 +61,9 @@ def _rotation(joint: str, frame: int) -> tuple[float, float, float]:
     return table.get(joint, (0.0, 0.0, 0.0))
 
 
-def write_bvh(path: Path, names: dict[str, str]) -> Path:
-    lines, order = ["HIERARCHY"], []
-
-    def visit(node, depth, root=False):
-        name, off, kids, end = node
-        pad = "  " * depth
-        lines.append(f"{pad}{'ROOT' if root else 'JOINT'} {names[name]}")
-        lines.append(pad + "{")
-        lines.append(f"{pad}  OFFSET {off[0]} {off[1]} {off[2]}")
-        chans = "6 Xposition Yposition Zposition" if root else "3"
-        lines.append(f"{pad}  CHANNELS {chans} Zrotation Xrotation Yrotation")
-        order.append(name)
-        for k in kids:
-            visit(k, depth + 1)
-        if end is not None:
-            lines.extend(
-                [f"{pad}  End Site", pad + "  {", f"{pad}    OFFSET {end[0]} {end[1]} {end[2]}", pad + "  }"]
-            )
-        lines.append(pad + "}")
-
-    visit(SKELETON, 0, root=True)
-    lines.extend(["MOTION", f"Frames: {FRAMES}", "Frame Time: 0.0416667"])
-    for f in range(FRAMES):
-        values: list[float] = []
-        for joint in order:
-            if joint == "Hips":  # walks to the character's left and turns a little
-                values += [4.0 * f, 95.0, 2.0 * f, 0.0, 0.0, 7.0 * f]
-            else:
-                values += list(_rotation(joint, f))
-        lines.append(" ".join(f"{v:g}" for v in values))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def write_clip(path: Path, names: dict[str, str]) -> Path:
+    """The test clip: it walks to the character's left and turns a little."""
+    return write_bvh(path, FRAMES, lambda f: [4.0 * f, 95.0, 2.0 * f, 0.0, 0.0, 7.0 * f], _rotation, names)
 
 
 def stage(tmp_path: Path, style: str) -> tuple[Path, dict[str, str]]:
@@ -126,7 +71,7 @@ def stage(tmp_path: Path, style: str) -> tuple[Path, dict[str, str]]:
     range set to the clip, a camera in front, a render size with a percentage; saved."""
     names = naming(style)
     bpy.ops.wm.read_homefile(use_empty=True)
-    bvh = write_bvh(tmp_path / f"{style}.bvh", names)
+    bvh = write_clip(tmp_path / f"{style}.bvh", names)
     assert bpy.ops.import_anim.bvh(filepath=str(bvh), global_scale=0.01) == {"FINISHED"}
     scene = bpy.context.scene
     scene.frame_start, scene.frame_end = 1, FRAMES  # the clip's range (the importer only ever extends it)
@@ -267,7 +212,7 @@ def test_batch_mocap_flag_imports_the_clip_and_takes_its_range(tmp_path):
     scene.render.engine = "BLENDER_WORKBENCH"
     blend = tmp_path / "stage.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    clip = write_bvh(tmp_path / "walk.bvh", naming("meaningless"))
+    clip = write_clip(tmp_path / "walk.bvh", naming("meaningless"))
     out = tmp_path / "job"
     run = batch(str(blend), "--out", str(out), "--export-only", "--mocap", str(clip), "--mocap-scale", "0.01")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -283,13 +228,13 @@ def test_import_mocap_new_or_onto_the_same_skeleton(tmp_path):
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
     names = naming("classic")
-    arm = import_mocap(write_bvh(tmp_path / "a.bvh", names), scale=0.01)
+    arm = import_mocap(write_clip(tmp_path / "a.bvh", names), scale=0.01)
     assert arm.type == "ARMATURE" and (scene.frame_start, scene.frame_end) == (1, FRAMES)
     first = arm.animation_data.action
     cam = _camera(scene)
     n_objects = len(bpy.data.objects)
     # a second clip for the same skeleton goes onto the armature; nothing else stays in the file
-    again = import_mocap(write_bvh(tmp_path / "b.bvh", names), onto=arm, scale=0.01)
+    again = import_mocap(write_clip(tmp_path / "b.bvh", names), onto=arm, scale=0.01)
     assert again == arm and len(bpy.data.objects) == n_objects
     assert arm.animation_data.action != first
     assert animated_bones(arm) == set(names.values())
@@ -298,7 +243,7 @@ def test_import_mocap_new_or_onto_the_same_skeleton(tmp_path):
     # a clip made for other bones is retargeted onto it (tests/blender/test_mocap_retarget.py checks the
     # motion), and leaves neither its armature nor its own action behind
     n_actions = len(bpy.data.actions)
-    import_mocap(write_bvh(tmp_path / "m.bvh", naming("mixamo")), onto=arm)
+    import_mocap(write_clip(tmp_path / "m.bvh", naming("mixamo")), onto=arm)
     assert len(bpy.data.objects) == n_objects and len(bpy.data.actions) == n_actions + 1
     assert arm.animation_data.action.name == "m (a)" and animated_bones(arm) == set(names.values())
     with pytest.raises(FramePromptUserError, match="not found"):
@@ -359,7 +304,7 @@ def test_import_operator_and_button(addon, tmp_path):
     from unittest import mock
 
     bpy.ops.wm.read_homefile(use_empty=True)
-    clip = write_bvh(tmp_path / "walk.bvh", naming("classic"))
+    clip = write_clip(tmp_path / "walk.bvh", naming("classic"))
     assert bpy.ops.frameprompt.import_mocap(filepath=str(clip), scale=0.01) == {"FINISHED"}
     scene = bpy.context.scene
     arm = scene.frameprompt.armature
@@ -381,7 +326,7 @@ def test_fbx_clip_through_blenders_fbx_importer(tmp_path):
 
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
-    import_mocap(write_bvh(tmp_path / "walk.bvh", naming("mixamo")), scale=0.01)
+    import_mocap(write_clip(tmp_path / "walk.bvh", naming("mixamo")), scale=0.01)
     fbx = tmp_path / "walk.fbx"
     assert bpy.ops.export_scene.fbx(filepath=str(fbx), object_types={"ARMATURE"}, bake_anim=True) == {
         "FINISHED"

@@ -17,6 +17,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
 
+from bvh_clips import write_bvh  # noqa: E402
 from mathutils import Vector  # noqa: E402
 
 from frameprompt_blender.blender import skeleton as S  # noqa: E402
@@ -45,24 +46,6 @@ SEGMENTS = [(R_SHOULDER, R_ELBOW), (R_ELBOW, R_WRIST), (L_SHOULDER, L_ELBOW), (L
             (R_HIP, R_KNEE), (R_KNEE, R_ANKLE), (L_HIP, L_KNEE), (L_KNEE, L_ANKLE)]  # fmt: skip
 ENDS = (R_WRIST, L_WRIST, R_ANKLE, L_ANKLE)
 
-# BVH (Y up, facing +Z, centimetres): joint, offset, children, end site
-_ARM = ("LeftCollar", (3, 20, 0), [("LeftShoulder", (14, 0, 0), [("LeftElbow", (28, 0, 0), [
-    ("LeftWrist", (26, 0, 0), [], (16, 0, 0))], None)], None)], None)  # fmt: skip
-_LEG = ("LeftHip", (10, -5, 0), [("LeftKnee", (0, -43, 0), [("LeftAnkle", (0, -42, 0), [], (0, -6, 14))], None)],
-        None)  # fmt: skip
-
-
-def _mirror(node):
-    name, off, kids, end = node
-    return (name.replace("Left", "Right"), (-off[0], off[1], off[2]), [_mirror(k) for k in kids],
-            None if end is None else (-end[0], end[1], end[2]))  # fmt: skip
-
-
-SKELETON = ("Hips", (0, 0, 0), [
-    ("Chest", (0, 25, 0), [("Neck", (0, 25, 0), [("Head", (0, 10, 0), [], (0, 18, 0))], None),
-                           _ARM, _mirror(_ARM)], None),
-    _LEG, _mirror(_LEG)], None)  # fmt: skip
-
 
 def _motion(joint: str, f: int) -> tuple[float, float, float]:
     """(Z, X, Y) degrees: a walk with swinging arms, a waving left forearm, a bending spine."""
@@ -74,42 +57,13 @@ def _motion(joint: str, f: int) -> tuple[float, float, float]:
     return table.get(joint, (0.0, 0.0, 0.0))
 
 
-def write_bvh(path: Path) -> Path:
-    lines, order = ["HIERARCHY"], []
+def _hips(f: int) -> list[float]:
+    """Walks to its left, bobbing, turning a little."""
+    return [3.0 * f, 95.0 + 3 * math.sin(4 * math.pi * f / FRAMES), 1.0 * f, 0.0, 0.0, 2.0 * f]
 
-    def visit(node, depth, root=False):
-        name, off, kids, end = node
-        pad = "  " * depth
-        lines.extend(
-            [
-                f"{pad}{'ROOT' if root else 'JOINT'} {name}",
-                pad + "{",
-                f"{pad}  OFFSET {off[0]} {off[1]} {off[2]}",
-            ]
-        )
-        chans = "6 Xposition Yposition Zposition" if root else "3"
-        lines.append(f"{pad}  CHANNELS {chans} Zrotation Xrotation Yrotation")
-        order.append(name)
-        for k in kids:
-            visit(k, depth + 1)
-        if end is not None:
-            lines.extend(
-                [f"{pad}  End Site", pad + "  {", f"{pad}    OFFSET {end[0]} {end[1]} {end[2]}", pad + "  }"]
-            )
-        lines.append(pad + "}")
 
-    visit(SKELETON, 0, root=True)
-    lines += ["MOTION", f"Frames: {FRAMES}", "Frame Time: 0.0416667"]
-    for f in range(FRAMES):
-        values: list[float] = []
-        for joint in order:
-            if joint == "Hips":  # walks to its left, bobbing, turning a little
-                values += [3.0 * f, 95.0 + 3 * math.sin(4 * math.pi * f / FRAMES), 1.0 * f, 0.0, 0.0, 2.0 * f]
-            else:
-                values += list(_motion(joint, f))
-        lines.append(" ".join(f"{v:.4f}" for v in values))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def write_clip(path: Path) -> Path:
+    return write_bvh(path, FRAMES, _hips, _motion, number_format=".4f")
 
 
 def mixamo_character(scene, name: str = "Hero"):
@@ -199,7 +153,7 @@ def test_classic_bvh_onto_a_mixamo_character(tmp_path):
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
     cam = camera(scene)
-    bvh = write_bvh(tmp_path / "walk.bvh")
+    bvh = write_clip(tmp_path / "walk.bvh")
     source = import_mocap(bvh, scale=0.01)
     hero = mixamo_character(scene)
     n_objects = len(bpy.data.objects)
@@ -237,7 +191,7 @@ def test_a_skeleton_that_is_not_humanoid_is_refused_by_name(tmp_path):
     n_objects = len(bpy.data.objects)
     with pytest.raises(FramePromptUserError, match=r"walk\.bvh cannot go onto armature 'Tail': armature 'Tail' "
                        r"does not read as a humanoid \(no bone for RShoulder"):  # fmt: skip
-        import_mocap(write_bvh(tmp_path / "walk.bvh"), onto=rig, scale=0.01)
+        import_mocap(write_clip(tmp_path / "walk.bvh"), onto=rig, scale=0.01)
     assert len(bpy.data.objects) == n_objects
 
 
@@ -248,7 +202,7 @@ def test_batch_mocap_onto_a_different_armature(tmp_path):
     mixamo_character(scene)
     blend = tmp_path / "hero.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    bvh = write_bvh(tmp_path / "walk.bvh")
+    bvh = write_clip(tmp_path / "walk.bvh")
     out = tmp_path / "job"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
