@@ -74,3 +74,22 @@ def write_bvh(
         lines.append(" ".join(f"{v:{number_format}}" for v in values))
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def tail_rig(scene, name: str = "Tail"):
+    """An armature with nothing humanoid about it: eight bones in one chain."""
+    import bpy
+    from mathutils import Vector
+
+    data = bpy.data.armatures.new(name)
+    rig = bpy.data.objects.new(name, data)
+    scene.collection.objects.link(rig)
+    bpy.context.view_layer.objects.active = rig
+    bpy.ops.object.mode_set(mode="EDIT")
+    parent = None
+    for i in range(8):
+        eb = data.edit_bones.new(f"tail.{i:03d}")
+        eb.head, eb.tail, eb.parent = Vector((0, 0.1 * i, 1)), Vector((0, 0.1 * i + 0.1, 1)), parent
+        parent = eb
+    bpy.ops.object.mode_set(mode="OBJECT")
+    return rig

@@ -18,8 +18,7 @@ import pytest
 bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
 
 from bpy_extras.object_utils import world_to_camera_view  # noqa: E402
-from bvh_clips import joint_names, write_bvh  # noqa: E402
-from mathutils import Vector  # noqa: E402
+from bvh_clips import joint_names, tail_rig, write_bvh  # noqa: E402
 
 from frameprompt_blender.blender import skeleton as S  # noqa: E402
 from frameprompt_blender.blender.batch import run_batch  # noqa: E402
@@ -179,17 +178,7 @@ def test_what_cannot_work_says_what_was_found(tmp_path):
     ):
         run_batch(scene, out_dir=tmp_path / "a", export_only=True, log=None)
     # a tail rig: bones in one chain, nothing humanoid about it
-    data = bpy.data.armatures.new("Tail")
-    rig = bpy.data.objects.new("Tail", data)
-    scene.collection.objects.link(rig)
-    bpy.context.view_layer.objects.active = rig
-    bpy.ops.object.mode_set(mode="EDIT")
-    parent = None
-    for i in range(8):
-        eb = data.edit_bones.new(f"tail.{i:03d}")
-        eb.head, eb.tail, eb.parent = Vector((0, 0.1 * i, 1)), Vector((0, 0.1 * i + 0.1, 1)), parent
-        parent = eb
-    bpy.ops.object.mode_set(mode="OBJECT")
+    tail_rig(scene)
     with pytest.raises(FramePromptUserError) as err:
         run_batch(scene, out_dir=tmp_path / "b", export_only=True, log=None)
     msg = str(err.value)

@@ -17,7 +17,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy", reason="needs the bpy module (pip install 'bpy==4.5.*')")
 
-from bvh_clips import write_bvh  # noqa: E402
+from bvh_clips import tail_rig, write_bvh  # noqa: E402
 from mathutils import Vector  # noqa: E402
 
 from frameprompt_blender.blender import skeleton as S  # noqa: E402
@@ -177,17 +177,7 @@ def test_classic_bvh_onto_a_mixamo_character(tmp_path):
 def test_a_skeleton_that_is_not_humanoid_is_refused_by_name(tmp_path):
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
-    data = bpy.data.armatures.new("Tail")
-    rig = bpy.data.objects.new("Tail", data)
-    scene.collection.objects.link(rig)
-    bpy.context.view_layer.objects.active = rig
-    bpy.ops.object.mode_set(mode="EDIT")
-    parent = None
-    for i in range(8):
-        eb = data.edit_bones.new(f"tail.{i:03d}")
-        eb.head, eb.tail, eb.parent = Vector((0, 0.1 * i, 1)), Vector((0, 0.1 * i + 0.1, 1)), parent
-        parent = eb
-    bpy.ops.object.mode_set(mode="OBJECT")
+    rig = tail_rig(scene)
     n_objects = len(bpy.data.objects)
     with pytest.raises(FramePromptUserError, match=r"walk\.bvh cannot go onto armature 'Tail': armature 'Tail' "
                        r"does not read as a humanoid \(no bone for RShoulder"):  # fmt: skip
