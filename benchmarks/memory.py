@@ -68,11 +68,12 @@ def worker(kind: str, options: dict, steps: int, vae_size: int, out: Path) -> No
             generator=torch.Generator().manual_seed(0),
         ).frames
     else:
-        from frameprompt.vae_io import decode_latents, encode_video
+        from frameprompt.vae_io import denormalize_latents, encode_video
 
         video = torch.rand(1, 3, 5, vae_size, vae_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
         with torch.no_grad():
-            frames = decode_latents(pipe.vae, encode_video(pipe.vae, video)).numpy()
+            latents = denormalize_latents(encode_video(pipe.vae, video), pipe.vae)
+            frames = pipe.vae.decode(latents).sample.float().numpy()
     np.save(out / "frames.npy", frames)
     result = {
         "seconds": time.perf_counter() - started,

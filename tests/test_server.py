@@ -504,7 +504,7 @@ def test_hypothesis_fuzzing_of_headers(make_server, raw, clients) -> None:
     @hypothesis.given(header=headers, parts=st.lists(st.binary(max_size=64), max_size=3))
     def check(header: dict, parts: list[bytes]) -> None:
         reply = r.header([json.dumps(header).encode(), *parts])
-        assert reply["type"] in ("error", "hello", "status", "heartbeat", "accepted")
+        assert reply["type"] in ("error", "hello", "status", "heartbeat", "accepted", "released")
         if reply["type"] == "error":
             assert reply["code"] in P.ERROR_HINTS
 

@@ -48,6 +48,8 @@ def prefs(addon, backend_env):
     saved = {
         k: getattr(p, k) for k in ("backend_mode", "python_env", "local_model", "local_args", "preview_mode")
     }
+    for k in ("backend_mode", "preview_mode"):  # as on a fresh install, whatever tests ran before
+        p.property_unset(k)
     p.python_env = backend_env["python"]
     p.local_model = backend_env["model"]
     p.local_args = f"--jobs-dir {backend_env['jobs']} --no-fsync"
